@@ -1,0 +1,234 @@
+"""The ``promptreg`` command line: segment, register, demo, bench.
+
+Errors of ours print one line (``promptreg: error: …``) and exit with the error's code; nothing is
+half-written.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .errors import PromptError, PromptRegError
+
+
+def parse_point(text: str) -> np.ndarray:
+    try:
+        values = np.array([float(v) for v in text.split(",")])
+    except ValueError:
+        raise PromptError(f"cannot read {text!r} as coordinates: give R,A,S (or R,A for 2D) in millimetres.") \
+            from None
+    if values.size not in (2, 3):
+        raise PromptError(f"{text!r}: a point needs 2 or 3 comma-separated numbers.")
+    return values
+
+
+def parse_box(text: str) -> np.ndarray:
+    values = parse_point_list(text)
+    if values.size not in (4, 6):
+        raise PromptError(f"{text!r}: a box needs two corners, R1,A1,S1,R2,A2,S2 (or R1,A1,R2,A2 in 2D).")
+    return values
+
+
+def parse_point_list(text: str) -> np.ndarray:
+    try:
+        return np.array([float(v) for v in text.split(",")])
+    except ValueError:
+        raise PromptError(f"cannot read {text!r} as coordinates.") from None
+
+
+class ProgressBar:
+    """tqdm progress for long steps, written to stderr; ``quiet`` turns it off."""
+
+    def __init__(self, quiet: bool = False):
+        from tqdm import tqdm
+
+        self.bar = None if quiet else tqdm(total=100, unit="%", file=sys.stderr, leave=False,
+                                            bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}")
+
+    def __call__(self, stage: str, fraction: float) -> None:
+        if self.bar is not None:
+            self.bar.set_description_str(stage)
+            self.bar.n = int(round(100 * min(max(fraction, 0.0), 1.0)))
+            self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    from .models import MODEL_NAMES
+
+    parser.add_argument("--model", default="litemedsam", choices=MODEL_NAMES,
+                        help="promptable model (default: the embedded LiteMedSAM)")
+    parser.add_argument("--checkpoint", help="model checkpoint file (SAM variants need one)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _prompts(args) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    from .outputs import read_markups
+
+    points = [parse_point(p) for p in args.prompt or []]
+    for path in args.prompts or []:
+        points += read_markups(path)
+    boxes = [parse_box(b) for b in args.box or []]
+    return points, boxes
+
+
+def command_segment(args) -> int:
+    from .imageio import read_image
+    from .models import load_model
+    from .outputs import segment_color, staged_output, write_segmentation
+    from .segment import segment_boxes, segment_points
+    from .volume import SliceStack
+    from .imageio import ras_to_lps
+
+    image = read_image(args.image)
+    points, boxes = _prompts(args)
+    if not points and not boxes:
+        raise PromptError("give at least one --prompt R,A,S, --prompts FILE.mrk.json or --box.")
+    progress = ProgressBar(args.quiet)
+    stack = SliceStack(image, load_model(args.model, args.checkpoint, args.device))
+    progress("encoding", 0.0)
+    stack.embeddings(range(stack.shape[0]))
+    progress("segmenting", 0.6)
+    points_lps = [ras_to_lps(p)[: image.dimension] for p in points]
+    boxes_lps = [ras_to_lps(b.reshape(2, -1))[:, : image.dimension].ravel() for b in boxes]
+    rois = segment_points(stack, points_lps) + segment_boxes(stack, boxes_lps)
+    progress.close()
+    output = Path(args.output)
+    names = [f"Prompt {i + 1}" for i in range(len(rois))]
+    with staged_output(output.parent, [image.source]) as staging:
+        write_segmentation(staging / output.name, image, [stack.stack_to_image_array(r.mask) for r in rois], names,
+                           [segment_color(i) for i in range(len(rois))], exclusive=not args.overlap)
+    for name, roi in zip(names, rois):
+        print(f"{name}: {roi.voxels} voxels, predicted IoU {roi.iou:.2f}")
+    print(f"wrote {output}")
+    return 0
+
+
+def _pair_and_fit_options(args):
+    from .fit import FitOptions
+    from .pairs import PairOptions
+
+    pair_options = PairOptions()
+    if args.auto_pairs is not None:
+        pair_options.auto_pairs = args.auto_pairs
+    if args.warps is not None:
+        pair_options.warps = args.warps
+    fit_options = FitOptions(transform=args.transform)
+    if args.bending is not None:
+        fit_options.bending_weight = args.bending
+    return pair_options, fit_options
+
+
+def command_register(args) -> int:
+    from .outputs import write_registration
+    from .register import register
+
+    points, boxes = _prompts(args)
+    pair_options, fit_options = _pair_and_fit_options(args)
+    progress = ProgressBar(args.quiet)
+    try:
+        result = register(args.fixed, args.moving, points, boxes, args.model, args.checkpoint, args.device,
+                          pair_options, fit_options, pairs_only=args.pairs_only, progress=progress)
+        progress("writing outputs", 0.95)
+        write_registration(result, args.output)
+    finally:
+        progress.close()
+    print(f"{len(result.accepted_pairs)} of {len(result.pairs)} ROI pairs used; outputs in {args.output}")
+    for pair in result.pairs:
+        status = "used" if pair.accepted else f"dropped: {pair.rejected_because}"
+        print(f"  {pair.name}: IoU {pair.quality['iou_x']:.2f}/{pair.quality['iou_y']:.2f}, {status}")
+    return 0
+
+
+def command_demo(args) -> int:
+    from .bench import load_cases, run_promptreg_case
+
+    cases = [c for c in load_cases(args.data) if c.demo]
+    if not cases:
+        raise PromptRegError(f"no demo data found under {args.data} (expected ctchest4/); pass --data.")
+    for case in cases:
+        print(f"registering {case.name} …", flush=True)
+        row = run_promptreg_case(case, Path(args.output) / case.name, quiet=args.quiet)
+        dice = ", ".join(f"{k} {v:.3f}" for k, v in row["dice"].items())
+        before = ", ".join(f"{k} {v:.3f}" for k, v in row["dice_before"].items())
+        tre = f"; TRE {row['tre_mm']:.2f} mm (before {row['tre_before_mm']:.2f})" if row.get("tre_mm") is not None else ""
+        print(f"  Dice {dice} (before {before}){tre}; {row['seconds']:.0f} s")
+        print(f"  outputs: {(Path(args.output) / case.name).resolve()}")
+    return 0
+
+
+def command_bench(args) -> int:
+    from .bench import run_bench
+
+    run_bench(args.data, args.output, quick=args.quick, methods=args.methods, quiet=args.quiet)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="promptreg", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    segment = commands.add_parser("segment", help="segment the regions prompts point at")
+    segment.add_argument("image")
+    segment.add_argument("--prompt", action="append", help="click R,A,S in mm (repeatable)")
+    segment.add_argument("--prompts", action="append", help="Slicer markups .mrk.json with clicks")
+    segment.add_argument("--box", action="append", help="box R1,A1,S1,R2,A2,S2 in mm (repeatable)")
+    segment.add_argument("-o", "--output", required=True, help="output .seg.nrrd")
+    segment.add_argument("--overlap", action="store_true",
+                         help="keep overlapping segments in layers (default: smaller segments win, as Slicer's "
+                              "'overwrite other segments')")
+    _add_model_arguments(segment)
+    segment.set_defaults(run=command_segment)
+
+    register = commands.add_parser("register", help="register MOVING to FIXED from corresponding regions")
+    register.add_argument("fixed")
+    register.add_argument("moving")
+    register.add_argument("-o", "--output", required=True, help="output folder")
+    register.add_argument("--prompt", action="append", help="click R,A,S on the fixed image (repeatable)")
+    register.add_argument("--prompts", action="append", help="Slicer markups .mrk.json with clicks")
+    register.add_argument("--box", action="append", help="box R1,A1,S1,R2,A2,S2 on the fixed image")
+    register.add_argument("--auto-pairs", type=int, help="sampled prompts on top of yours (default 6 in 2D, 0 in 3D)")
+    register.add_argument("--warps", type=int, help="spatial perturbations per ROI (default 2 in 2D, 0 in 3D)")
+    register.add_argument("--transform", default="deformable", choices=["affine", "deformable"])
+    register.add_argument("--bending", type=float, help="regularisation weight (default 1.0)")
+    register.add_argument("--pairs-only", action="store_true", help="find ROI pairs, fit no transform")
+    _add_model_arguments(register)
+    register.set_defaults(run=command_register)
+
+    demo = commands.add_parser("demo", help="register the shared example pairs and write all outputs")
+    demo.add_argument("--data", default="../shared/data")
+    demo.add_argument("-o", "--output", default="out/demo")
+    demo.add_argument("--quiet", action="store_true")
+    demo.set_defaults(run=command_demo)
+
+    bench = commands.add_parser("bench", help="compare PromptReg with intensity-based registration")
+    bench.add_argument("--data", default="../shared/data")
+    bench.add_argument("-o", "--output", default="out/bench")
+    bench.add_argument("--quick", action="store_true", help="fewer cases and iterations (under 10 minutes)")
+    bench.add_argument("--methods", help="comma-separated subset of methods")
+    bench.add_argument("--quiet", action="store_true")
+    bench.set_defaults(run=command_bench)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except PromptRegError as error:
+        print(f"promptreg: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("promptreg: interrupted; nothing was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""Reading images with their physical geometry, and converting between RAS, LPS and voxel indices.
+
+Conventions: physical points are millimetres; RAS at the user boundary (what Slicer shows), LPS inside
+(what ITK stores). Continuous indices are in ITK order (i = column, j = row, k = slice); numpy arrays
+are in reverse order (``array[k, j, i]``).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import InputImageError, MemoryLimitError
+
+#: Refuse inputs above this many voxels unless the caller raises the limit (about 4 GB as float32).
+DEFAULT_MAX_VOXELS = int(os.environ.get("PROMPTREG_MAX_VOXELS", 1_000_000_000))
+
+
+def ras_to_lps(points_ras: np.ndarray) -> np.ndarray:
+    """Flip the first two axes: RAS millimetres → LPS millimetres (its own inverse). Shape (..., 2|3)."""
+    points = np.array(points_ras, dtype=float, copy=True)
+    points[..., :2] *= -1.0
+    return points
+
+
+lps_to_ras = ras_to_lps
+
+
+class Image:
+    """A scalar image (2D or 3D) as float32 with its geometry (origin, spacing, direction in LPS)."""
+
+    def __init__(self, sitk_image: sitk.Image, source: str = "<memory>"):
+        self.sitk_image = sitk_image
+        self.source = source
+        self._array: np.ndarray | None = None
+
+    @property
+    def dimension(self) -> int:
+        return self.sitk_image.GetDimension()
+
+    @property
+    def size(self) -> tuple[int, ...]:
+        """Voxels along i, j(, k) (ITK order)."""
+        return tuple(self.sitk_image.GetSize())
+
+    @property
+    def spacing(self) -> np.ndarray:
+        return np.array(self.sitk_image.GetSpacing(), dtype=float)
+
+    @property
+    def origin(self) -> np.ndarray:
+        return np.array(self.sitk_image.GetOrigin(), dtype=float)
+
+    @property
+    def direction(self) -> np.ndarray:
+        d = self.dimension
+        return np.array(self.sitk_image.GetDirection(), dtype=float).reshape(d, d)
+
+    @property
+    def array(self) -> np.ndarray:
+        """Voxel values, numpy order (k, j, i) or (j, i); read-only view."""
+        if self._array is None:
+            self._array = sitk.GetArrayViewFromImage(self.sitk_image)
+        return self._array
+
+    @property
+    def index_to_lps_matrix(self) -> np.ndarray:
+        """Homogeneous (d+1)×(d+1) matrix mapping a continuous ITK index to LPS millimetres."""
+        d = self.dimension
+        matrix = np.eye(d + 1)
+        matrix[:d, :d] = self.direction @ np.diag(self.spacing)
+        matrix[:d, d] = self.origin
+        return matrix
+
+    def index_to_lps(self, index: np.ndarray) -> np.ndarray:
+        """Continuous ITK indices (N, d) → LPS millimetres (N, d)."""
+        index = np.atleast_2d(np.asarray(index, dtype=float))
+        return index @ (self.direction @ np.diag(self.spacing)).T + self.origin
+
+    def lps_to_index(self, points_lps: np.ndarray) -> np.ndarray:
+        """LPS millimetres (N, d) → continuous ITK indices (N, d)."""
+        points = np.atleast_2d(np.asarray(points_lps, dtype=float))
+        inverse = np.linalg.inv(self.direction @ np.diag(self.spacing))
+        return (points - self.origin) @ inverse.T
+
+    def contains_index(self, index: np.ndarray) -> np.ndarray:
+        """True for each continuous index (N, d) that lies inside the voxel grid (half a voxel margin)."""
+        index = np.atleast_2d(index)
+        size = np.array(self.size, dtype=float)
+        return np.all((index >= -0.5) & (index <= size - 0.5), axis=1)
+
+    def physical_center(self) -> np.ndarray:
+        return self.index_to_lps((np.array(self.size, dtype=float) - 1) / 2)[0]
+
+    def with_array(self, array: np.ndarray) -> "Image":
+        """A new image on this grid holding ``array`` (numpy order)."""
+        image = sitk.GetImageFromArray(np.ascontiguousarray(array))
+        image.CopyInformation(self.sitk_image)
+        return Image(image, self.source)
+
+
+def _to_scalar(image: sitk.Image, path: str) -> sitk.Image:
+    components = image.GetNumberOfComponentsPerPixel()
+    if components == 1:
+        return sitk.Cast(image, sitk.sitkFloat32)
+    if components in (3, 4):  # RGB(A) photographs and histology: luminance
+        channels = [sitk.Cast(sitk.VectorIndexSelectionCast(image, c), sitk.sitkFloat32) for c in range(3)]
+        return channels[0] * 0.299 + channels[1] * 0.587 + channels[2] * 0.114
+    raise InputImageError(f"{path}: images with {components} components per pixel are not supported; "
+                          "give a grayscale or RGB image.")
+
+
+def read_image(path: str | os.PathLike, max_voxels: int = DEFAULT_MAX_VOXELS) -> Image:
+    """Read a 2D or 3D image (NRRD, NIfTI, MHA, PNG, JPEG, TIFF, ...) and check it is usable.
+
+    A 3D image with a single slice is returned as 2D. Raises :class:`InputImageError` naming the problem.
+    """
+    path = str(path)
+    if not Path(path).is_file():
+        raise InputImageError(f"{path}: no such file.")
+    try:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(path)
+        reader.ReadImageInformation()
+        size = reader.GetSize()
+        if len(size) > 3 and any(s > 1 for s in size[3:]):
+            raise InputImageError(f"{path}: {len(size)}D image of size {size}; PromptReg registers 2D or 3D "
+                                  "images. Extract one time point or channel first.")
+        voxels = int(np.prod(size)) * reader.GetNumberOfComponents()
+        if voxels > max_voxels:
+            raise MemoryLimitError(f"{path}: {voxels} voxels exceed the limit of {max_voxels}; crop or "
+                                   "downsample the image, or raise PROMPTREG_MAX_VOXELS.")
+        image = reader.Execute()
+    except RuntimeError as error:
+        first_line = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown reason"
+        raise InputImageError(f"{path}: cannot be read as an image ({first_line}).") from None
+    if image.GetDimension() == 4:
+        image = image[:, :, :, 0]
+    if image.GetDimension() == 3 and image.GetSize()[2] == 1:
+        image = image[:, :, 0]
+    image = _to_scalar(image, path)
+    return validate_image(Image(image, path))
+
+
+def validate_image(image: Image) -> Image:
+    """Raise :class:`InputImageError` for images that cannot be segmented (tiny, non-finite, constant)."""
+    if image.dimension not in (2, 3):
+        raise InputImageError(f"{image.source}: {image.dimension}D image; PromptReg needs 2D or 3D.")
+    if min(image.size[:2]) < 8:
+        raise InputImageError(f"{image.source}: image of size {image.size} is too small to segment "
+                              "(at least 8×8 pixels per slice).")
+    array = image.array
+    finite = np.isfinite(array)
+    if not finite.all():
+        raise InputImageError(f"{image.source}: {int((~finite).sum())} voxels are NaN or infinite; "
+                              "fix or mask them before registering.")
+    if float(array.max()) == float(array.min()):
+        raise InputImageError(f"{image.source}: every voxel has the value {float(array.min())}: the image is "
+                              "empty, there is nothing to segment.")
+    if np.any(image.spacing <= 0) or abs(np.linalg.det(image.direction)) < 1e-6:
+        raise InputImageError(f"{image.source}: invalid geometry (spacing {tuple(image.spacing)}, "
+                              "direction not invertible).")
+    return image
+
+
+def require_same_dimension(fixed_image: Image, moving_image: Image) -> None:
+    if fixed_image.dimension != moving_image.dimension:
+        raise InputImageError(f"fixed image is {fixed_image.dimension}D ({fixed_image.source}) but moving image "
+                              f"is {moving_image.dimension}D ({moving_image.source}); give two 2D or two 3D images.")

