@@ -57,12 +57,13 @@ def register(fixed: Image | str | Path, moving: Image | str | Path, prompts_ras=
              model: str = "litemedsam", checkpoint: str | None = None, device: str = "auto",
              pair_options: PairOptions | None = None, fit_options: FitOptions | None = None,
              pairs_only: bool = False, cache: EmbeddingCache | None = None, progress=None, cancel=None,
-             ) -> RegistrationResult:
+             reject_pairs=(), ) -> RegistrationResult:
     """Register ``moving`` to ``fixed`` from corresponding ROIs.
 
     ``prompts_ras``: clicks on the fixed image (RAS mm); ``boxes_ras``: boxes as two opposite RAS corners.
     ``progress(stage, fraction)`` is called as work proceeds; ``cancel()`` returning True stops the run
-    (raising :class:`Cancelled`). With ``pairs_only`` no transform is fitted.
+    (raising :class:`Cancelled`). With ``pairs_only`` no transform is fitted. Pairs named in ``reject_pairs``
+    are kept in the report but not used (the embeddings are cached, so rejecting and re-running is cheap).
     """
     timings: dict[str, float] = {}
     started = time.perf_counter()
@@ -97,6 +98,9 @@ def register(fixed: Image | str | Path, moving: Image | str | Path, prompts_ras=
     pairs = find_pairs(fixed_stack, moving_stack, points_lps, boxes_lps, initial_prior(fixed_stack, moving_stack),
                        pair_options, lambda stage, f: report(stage, 0.45 + 0.35 * f), cancel)
     timings["pairs"] = time.perf_counter() - mark
+    for pair in pairs:
+        if pair.name in reject_pairs:
+            pair.accepted, pair.rejected_because = False, "rejected by the user"
     result = RegistrationResult(fixed_image, moving_image, fixed_stack, moving_stack, pairs, None)
     result.report = {"model": segmenter.name, "device": str(segmenter.device),
                      "pair_options": pair_options.as_dict(), "fit_options": asdict(fit_options),

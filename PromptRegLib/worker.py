@@ -1,0 +1,94 @@
+"""The background worker: ``python -m PromptRegLib.worker request.json``.
+
+Reads a request (JSON), runs segmentation pairs or a registration, and prints one JSON object per line
+on stdout: ``{"type": "progress", "stage", "fraction"}``, ``{"type": "result", "output_dir", "files",
+"pairs"}`` or ``{"type": "error", "message", "exit_code"}``. SIGTERM cancels cleanly (no outputs left).
+This is the only way the Slicer module talks to the library, so a crash here cannot take Slicer down.
+
+Request keys: ``fixed``, ``moving``, ``output_dir`` (required); ``prompts_ras`` [[R, A, S], …],
+``prompts_file`` (.mrk.json), ``boxes_ras`` [[R1, A1, S1, R2, A2, S2], …], ``model``, ``checkpoint``,
+``device``, ``auto_pairs``, ``warps``, ``transform``, ``bending``, ``pairs_only``, ``reject_pairs``.
+"""
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import traceback
+from pathlib import Path
+
+from .errors import PromptRegError
+
+BAD_REQUEST = 2
+REQUIRED = ("fixed", "moving", "output_dir")
+
+
+def emit(kind: str, **fields) -> None:
+    print(json.dumps({"type": kind, **fields}), flush=True)
+
+
+def read_request(path: str) -> dict:
+    try:
+        request = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ValueError(f"request file {path} not found") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"request file {path} is not JSON ({error})") from None
+    if not isinstance(request, dict):
+        raise ValueError("the request must be a JSON object")
+    missing = [key for key in REQUIRED if not request.get(key)]
+    if missing:
+        raise ValueError(f"the request lacks {', '.join(missing)}")
+    return request
+
+
+def run(request: dict, cancelled) -> dict:
+    from .fit import FitOptions
+    from .outputs import read_markups, write_registration
+    from .pairs import PairOptions
+    from .register import register
+
+    prompts = list(request.get("prompts_ras") or [])
+    if request.get("prompts_file"):
+        prompts += [p.tolist() for p in read_markups(request["prompts_file"])]
+    pair_options = PairOptions(auto_pairs=request.get("auto_pairs"), warps=request.get("warps"))
+    fit_options = FitOptions(transform=request.get("transform", "deformable"))
+    if request.get("bending") is not None:
+        fit_options.bending_weight = float(request["bending"])
+    result = register(request["fixed"], request["moving"], prompts, request.get("boxes_ras") or [],
+                      request.get("model", "litemedsam"), request.get("checkpoint"), request.get("device", "auto"),
+                      pair_options, fit_options, pairs_only=bool(request.get("pairs_only")),
+                      progress=lambda stage, fraction: emit("progress", stage=stage, fraction=round(fraction, 4)),
+                      cancel=cancelled, reject_pairs=request.get("reject_pairs") or [])
+    emit("progress", stage="writing outputs", fraction=0.95)
+    output_dir = write_registration(result, request["output_dir"])
+    pairs = json.loads((output_dir / "report.json").read_text())["pairs"]
+    return {"output_dir": str(output_dir), "files": sorted(p.name for p in output_dir.iterdir()), "pairs": pairs}
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    cancel_requested = []
+    signal.signal(signal.SIGTERM, lambda *_: cancel_requested.append(True))
+    if len(argv) != 1:
+        emit("error", message="usage: python -m PromptRegLib.worker request.json", exit_code=BAD_REQUEST)
+        return BAD_REQUEST
+    try:
+        request = read_request(argv[0])
+    except ValueError as error:
+        emit("error", message=f"bad request: {error}", exit_code=BAD_REQUEST)
+        return BAD_REQUEST
+    try:
+        emit("result", **run(request, lambda: bool(cancel_requested)))
+        return 0
+    except PromptRegError as error:
+        emit("error", message=str(error), exit_code=error.exit_code)
+        return error.exit_code
+    except Exception as error:  # a bug: say so in one line, details on stderr for the log
+        traceback.print_exc()
+        emit("error", message=f"internal error: {type(error).__name__}: {error}", exit_code=1)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
