@@ -24,7 +24,7 @@ demo: venv
 	$(VENV)/bin/promptreg demo --data $(DATA) -o $(OUT)
 
 test: venv
-	$(PY) -m pytest -q Testing/Python PromptReg/Testing/Python
+	$(PY) -m pytest -q Testing/Python
 
 # Optional peers for the benchmark: never needed by `make test`.
 bench: venv

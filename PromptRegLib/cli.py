@@ -218,8 +218,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _attach_coordinates(argv: list[str]) -> list[str]:
+    """``--prompt -71,-33,-140`` → ``--prompt=-71,-33,-140``: argparse would take the value for an option."""
+    joined, index = [], 0
+    while index < len(argv):
+        if argv[index] in ("--prompt", "--box") and index + 1 < len(argv):
+            joined.append(f"{argv[index]}={argv[index + 1]}")
+            index += 2
+        else:
+            joined.append(argv[index])
+            index += 1
+    return joined
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_attach_coordinates(list(sys.argv[1:] if argv is None else argv)))
     try:
         return args.run(args)
     except PromptRegError as error:

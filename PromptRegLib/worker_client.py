@@ -1,6 +1,6 @@
 """Starting and watching the worker from a GUI (or any caller) without blocking it.
 
-``WorkerRun`` writes the request into a fresh temporary folder, starts ``python -m PromptRegLib.worker``
+``WorkerRun`` makes a fresh temporary folder (the caller may write inputs there), writes the request, starts ``python -m PromptRegLib.worker``
 there, and collects its JSON lines on a reader thread; ``poll()`` returns the new events and never waits.
 The outputs land in ``<temporary folder>/output`` and are only handed over in a final ``result`` event;
 ``cancel()`` terminates the process and removes the folder, so partial outputs are never seen.
@@ -19,11 +19,10 @@ from pathlib import Path
 
 
 class WorkerRun:
-    def __init__(self, request: dict, python: str | None = None, work_root: str | None = None):
+    def __init__(self, python: str | None = None, work_root: str | None = None):
         self.folder = Path(tempfile.mkdtemp(prefix="promptreg-run-", dir=work_root))
-        self.request = {**request, "output_dir": str(self.folder / "output")}
+        self.request: dict = {}
         self.request_path = self.folder / "request.json"
-        self.request_path.write_text(json.dumps(self.request, indent=2))
         self.log_path = self.folder / "worker.log"
         self.python = python or sys.executable
         self.process: subprocess.Popen | None = None
@@ -32,7 +31,10 @@ class WorkerRun:
         self.result: dict | None = None
         self.error: str | None = None
 
-    def start(self) -> "WorkerRun":
+    def start(self, request: dict) -> "WorkerRun":
+        """Write ``request`` (its inputs may already lie in :attr:`folder`) and start the worker."""
+        self.request = {**request, "output_dir": str(self.folder / "output")}
+        self.request_path.write_text(json.dumps(self.request, indent=2))
         environment = dict(os.environ)
         library_root = str(Path(__file__).resolve().parents[1])
         environment["PYTHONPATH"] = os.pathsep.join(filter(None, [library_root, environment.get("PYTHONPATH")]))

@@ -18,7 +18,7 @@ def request_2d(ct_case, **extra):
 
 
 def test_progress_then_result(ct_case, cache_dir):
-    run = WorkerRun(request_2d(ct_case)).start()
+    run = WorkerRun().start(request_2d(ct_case))
     events = run.wait(timeout=600)
     progress = [e for e in events if e["type"] == "progress"]
     assert progress and progress[0]["stage"] == "loading model"
@@ -29,7 +29,7 @@ def test_progress_then_result(ct_case, cache_dir):
 
 
 def test_cancel_leaves_nothing(ct_case, cache_dir):
-    run = WorkerRun(request_2d(ct_case, auto_pairs=6, warps=2)).start()
+    run = WorkerRun().start(request_2d(ct_case, auto_pairs=6, warps=2))
     deadline = time.time() + 120
     while time.time() < deadline and not any(e["type"] == "progress" and e["fraction"] > 0.3 for e in run.poll()):
         time.sleep(0.2)
@@ -65,7 +65,7 @@ def test_bad_request_is_a_clear_error(tmp_path):
 def test_unreadable_input_is_reported(tmp_path, ct_case):
     bad = tmp_path / "not_an_image.nrrd"
     bad.write_text("hello")
-    run = WorkerRun({**request_2d(ct_case), "fixed": str(bad)}).start()
+    run = WorkerRun().start({**request_2d(ct_case), "fixed": str(bad)})
     run.wait(timeout=300)
     assert "cannot be read" in run.error
     run.cleanup()
@@ -73,7 +73,7 @@ def test_unreadable_input_is_reported(tmp_path, ct_case):
 
 def test_a_crashing_worker_gives_a_readable_error(ct_case, tmp_path):
     """The process dies without a word (here: killed); the client says so and points at the log."""
-    run = WorkerRun(request_2d(ct_case)).start()
+    run = WorkerRun().start(request_2d(ct_case))
     time.sleep(1.0)
     os.kill(run.process.pid, signal.SIGKILL)
     run.wait(timeout=60)
