@@ -128,7 +128,7 @@ def _pair_and_fit_options(args):
 
 def command_register(args) -> int:
     from .outputs import write_registration
-    from .register import register
+    from .registration import register
 
     points, boxes = _prompts(args)
     pair_options, fit_options = _pair_and_fit_options(args)
@@ -197,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     register.add_argument("--auto-pairs", type=int, help="sampled prompts on top of yours (default 6 in 2D, 0 in 3D)")
     register.add_argument("--warps", type=int, help="spatial perturbations per ROI (default 2 in 2D, 0 in 3D)")
     register.add_argument("--transform", default="deformable", choices=["affine", "deformable"])
-    register.add_argument("--bending", type=float, help="regularisation weight (default 1.0)")
+    register.add_argument("--bending", type=float, help="regularisation weight (default 10)")
     register.add_argument("--pairs-only", action="store_true", help="find ROI pairs, fit no transform")
     _add_model_arguments(register)
     register.set_defaults(run=command_register)

@@ -91,7 +91,7 @@ def _apply_warp(image: np.ndarray, matrix: np.ndarray, mode: str = "bilinear") -
     rows, cols = image.shape
     inverse = np.linalg.inv(matrix)
     ys, xs = np.mgrid[0:rows, 0:cols].astype(float)
-    source = np.stack([xs.ravel(), ys.ravel(), np.ones(xs.size)]) 
+    source = np.stack([xs.ravel(), ys.ravel(), np.ones(xs.size)])
     mapped = (inverse @ source)[:2]
     grid = np.stack([mapped[0] / max(cols - 1, 1) * 2 - 1, mapped[1] / max(rows - 1, 1) * 2 - 1], axis=-1)
     grid = torch.as_tensor(grid.reshape(1, rows, cols, 2), dtype=torch.float32)

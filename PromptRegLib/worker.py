@@ -46,7 +46,7 @@ def run(request: dict, cancelled) -> dict:
     from .fit import FitOptions
     from .outputs import read_markups, write_registration
     from .pairs import PairOptions
-    from .register import register
+    from .registration import register
 
     prompts = list(request.get("prompts_ras") or [])
     if request.get("prompts_file"):
