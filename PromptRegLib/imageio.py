@@ -14,8 +14,8 @@ import SimpleITK as sitk
 
 from .errors import InputImageError, MemoryLimitError
 
-#: Refuse inputs above this many voxels unless the caller raises the limit (about 4 GB as float32).
-DEFAULT_MAX_VOXELS = int(os.environ.get("PROMPTREG_MAX_VOXELS", 1_000_000_000))
+#: Refuse inputs above this many voxels (about 4 GB as float32) unless PROMPTREG_MAX_VOXELS says otherwise.
+DEFAULT_MAX_VOXELS = 1_000_000_000
 
 
 def ras_to_lps(points_ras: np.ndarray) -> np.ndarray:
@@ -112,12 +112,13 @@ def _to_scalar(image: sitk.Image, path: str) -> sitk.Image:
                           "give a grayscale or RGB image.")
 
 
-def read_image(path: str | os.PathLike, max_voxels: int = DEFAULT_MAX_VOXELS) -> Image:
+def read_image(path: str | os.PathLike, max_voxels: int | None = None) -> Image:
     """Read a 2D or 3D image (NRRD, NIfTI, MHA, PNG, JPEG, TIFF, ...) and check it is usable.
 
     A 3D image with a single slice is returned as 2D. Raises :class:`InputImageError` naming the problem.
     """
     path = str(path)
+    max_voxels = max_voxels or int(os.environ.get("PROMPTREG_MAX_VOXELS", DEFAULT_MAX_VOXELS))
     if not Path(path).is_file():
         raise InputImageError(f"{path}: no such file.")
     try:

@@ -61,3 +61,35 @@ def test_unwritable_output_folder(fixed_2d, tmp_path, capsys, cache_dir):
     assert main(["segment", fixed_2d, "--prompt", LUNG_2D, "-o", str(blocker / "sub" / "x.seg.nrrd"),
                  "--quiet"]) == 6
     assert "cannot write" in capsys.readouterr().err
+
+
+def test_memory_guard_refuses_large_inputs_and_says_how_to_proceed(fixed_2d, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PROMPTREG_MAX_VOXELS", "1000")
+    assert main(["segment", fixed_2d, "--prompt", LUNG_2D, "-o", str(tmp_path / "x.seg.nrrd"), "--quiet"]) == 8
+    assert "PROMPTREG_MAX_VOXELS" in capsys.readouterr().err
+
+
+def test_hundreds_of_prompts_are_refused_before_any_work(fixed_2d, tmp_path, capsys):
+    prompts = [arg for i in range(300) for arg in ("--prompt", f"{-300 - i * 0.1},-400")]
+    assert main(["register", fixed_2d, fixed_2d, *prompts, "-o", str(tmp_path / "out"), "--quiet"]) == 4
+    assert "at most 64" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_images_in_different_places_are_aligned_by_their_centres(data_dir, tmp_path, model):
+    """No physical overlap (a moving image 500 mm away): the search starts from the centres' offset."""
+    import SimpleITK as sitk
+
+    from PromptRegLib import register
+
+    moving = sitk.ReadImage(str(data_dir / "ctchest4" / "pair2d_moving.nrrd"))
+    moving.SetOrigin([v + 500.0 for v in moving.GetOrigin()])
+    path = tmp_path / "far_away.nrrd"
+    sitk.WriteImage(moving, str(path))
+    from PromptRegLib.pairs import PairOptions
+    result = register(data_dir / "ctchest4" / "pair2d_fixed.nrrd", path, [(-315.0, -399.2)],
+                      pair_options=PairOptions(auto_pairs=0, warps=0), pairs_only=True, cache=model.cache)
+    (pair,) = result.pairs
+    assert pair.accepted, pair.rejected_because
+    offset = pair.prompt_y_lps - pair.prompt_x_lps
+    assert abs(offset[0] - 500) < 40 and abs(offset[1] - 500) < 40
