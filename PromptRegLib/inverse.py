@@ -7,7 +7,7 @@
    high-similarity region around the peak, re-fitted to its own answer (auxiliary prompts). The candidate
    whose ROI resembles ROI X most (prototype cosine × predicted IoU) wins and is propagated through a volume.
 4. Quality kept with the pair: predicted IoUs, peak and its margin over the best separate peak, size
-   ratio in mm³, prototype cosine, and a cycle check (ROI Y inverted back must land inside ROI X).
+   ratio (largest cross-section, mm²), prototype cosine, and a cycle check (ROI Y inverted back must land inside ROI X).
 """
 from __future__ import annotations
 
@@ -72,6 +72,10 @@ def centroid_lps(stack: SliceStack, mask_stack: np.ndarray) -> np.ndarray:
 
 def volume_mm3(stack: SliceStack, mask_stack: np.ndarray) -> float:
     return float(mask_stack.sum() * np.prod(stack.stack_spacing()))
+
+
+def largest_section_mm2(stack: SliceStack, mask_stack: np.ndarray) -> float:
+    return float(mask_stack.sum(axis=(1, 2)).max() * np.prod(stack.pixel_spacing))
 
 
 def contrast_map(source: SliceStack, mask_stack: np.ndarray, target: SliceStack) -> np.ndarray:
@@ -179,7 +183,10 @@ def inverse_prompt(fixed: SliceStack, moving: SliceStack, roi_x: ROI, prior: Aff
     quality["peak_margin"] = float(score[peaks[choice]] - (score[outside].max() if outside.any() else -1.0))
     if roi_y.mask.any():
         quality["prototype_cosine"] = float(prototype(moving, roi_y.mask) @ p_x)
-        quality["size_ratio"] = volume_mm3(moving, roi_y.mask) / max(volume_mm3(fixed, roi_x.mask), 1e-9)
+        # largest cross-sections (mm²): unlike volumes, not cut short by a thinner slab in one image
+        quality["size_ratio"] = largest_section_mm2(moving, roi_y.mask) / max(largest_section_mm2(fixed, roi_x.mask),
+                                                                              1e-9)
+        quality["volume_ratio"] = volume_mm3(moving, roi_y.mask) / max(volume_mm3(fixed, roi_x.mask), 1e-9)
         quality["cycle_ok"], quality["cycle_distance_mm"] = cycle_check(fixed, moving, roi_x, roi_y, prior,
                                                                          fixed_points, options)
     else:

@@ -28,7 +28,7 @@ class PairOptions:
     warp_shift_px: float = 3.0
     min_warp_stability: float = 0.8     # mean Dice of ROI X across warps
     min_iou: float = 0.75               # predicted IoU of ROI Y
-    min_prototype_cosine: float = 0.8
+    min_prototype_cosine: float = 0.6     # same-modality pairs score > 0.9; CT↔MR about 0.6–0.8
     size_ratio_range: tuple[float, float] = (0.75, 1.33)
     duplicate_dice: float = 0.8
     max_pairs: int = 24
