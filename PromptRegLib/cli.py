@@ -93,12 +93,15 @@ def command_segment(args) -> int:
         raise PromptError("give at least one --prompt R,A,S, --prompts FILE.mrk.json or --box.")
     progress = ProgressBar(args.quiet)
     stack = SliceStack(image, load_model(args.model, args.checkpoint, args.device))
-    progress("encoding", 0.0)
-    stack.embeddings(range(stack.shape[0]))
+    for start in range(0, stack.shape[0], 4):
+        progress("encoding slices", 0.6 * start / stack.shape[0])
+        stack.embeddings(range(start, min(start + 4, stack.shape[0])))
     progress("segmenting", 0.6)
     points_lps = [ras_to_lps(p)[: image.dimension] for p in points]
     boxes_lps = [ras_to_lps(b.reshape(2, -1))[:, : image.dimension].ravel() for b in boxes]
-    rois = segment_points(stack, points_lps) + segment_boxes(stack, boxes_lps)
+    depth = stack.shape[0]
+    propagation = lambda steps: progress("propagating through slices", 0.6 + 0.4 * min(1.0, steps / max(1, depth)))
+    rois = segment_points(stack, points_lps, propagation) + segment_boxes(stack, boxes_lps, propagation)
     progress.close()
     output = Path(args.output)
     names = [f"Prompt {i + 1}" for i in range(len(rois))]
