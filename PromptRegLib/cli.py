@@ -144,6 +144,10 @@ def command_register(args) -> int:
     finally:
         progress.close()
     print(f"{len(result.accepted_pairs)} of {len(result.pairs)} ROI pairs used; outputs in {args.output}")
+    folding = result.report.get("folding_fraction", 0.0)
+    if folding > 0.01:
+        print(f"warning: the transform folds {100 * folding:.1f} % of the fixed grid; check the pairs in pairs.png "
+              "and reject doubtful ones, or raise --bending", file=sys.stderr)
     for pair in result.pairs:
         status = "used" if pair.accepted else f"dropped: {pair.rejected_because}"
         print(f"  {pair.name}: IoU {pair.quality['iou_x']:.2f}/{pair.quality['iou_y']:.2f}, {status}")

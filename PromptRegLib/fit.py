@@ -212,6 +212,9 @@ def fit_transform(fixed: Image, moving: Image, fixed_masks: list[np.ndarray], mo
     moving_points = np.vstack([box_corner_points(moving, m) for m in moving_masks])
     point_weights = np.repeat(weights, len(fixed_points) // len(fixed_masks))
     matrix, offset = closed_form_affine(fixed_points, moving_points, point_weights)
+    if np.linalg.det(matrix) <= 0.1:  # a mirror or collapse means inconsistent pairs: keep only the shift
+        matrix = np.eye(fixed.dimension)
+        offset = np.average(moving_points - fixed_points, axis=0, weights=point_weights)
 
     reference = working_reference(fixed, options.working_voxels)
     pair_loss = _PairLoss(fixed, moving, fixed_masks, moving_masks, weights, reference)

@@ -59,3 +59,15 @@ def test_jacobian_of_identity_and_of_a_fold():
     np.testing.assert_allclose(jacobian_determinant(fitted), 1.0, atol=0.02)
     fitted.affine_matrix = np.diag([-1.0, 1.0, 1.0])  # a mirror folds everything
     assert folding_fraction(jacobian_determinant(fitted)) == 1.0
+
+
+def test_mirrored_pairs_do_not_make_a_mirrored_affine():
+    """Inconsistent pairs whose least-squares affine is a reflection fall back to a shift."""
+    fixed = grid_image()
+    centre = fixed.physical_center()
+    left = ellipsoid(fixed, centre + np.array([-15.0, 0, 0]), (6, 6, 6))
+    right = ellipsoid(fixed, centre + np.array([15.0, 0, 0]), (6, 6, 6))
+    middle = ellipsoid(fixed, centre + np.array([0, 12.0, 0]), (6, 6, 6))
+    fitted = fit_transform(fixed, fixed, [left, right, middle], [right, left, middle],
+                           options=FitOptions(transform="affine"))
+    assert np.linalg.det(fitted.affine_matrix) > 0
