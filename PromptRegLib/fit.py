@@ -128,6 +128,12 @@ def closed_form_affine(fixed_points: np.ndarray, moving_points: np.ndarray, weig
     return matrix, moving_mean - matrix @ fixed_mean
 
 
+def plausible_affine(matrix: np.ndarray, scale_range: tuple[float, float] = (0.67, 1.5)) -> bool:
+    """No reflection, and every principal scale within ``scale_range`` (anatomy is not squashed or mirrored)."""
+    scales = np.linalg.svd(matrix, compute_uv=False)
+    return bool(np.linalg.det(matrix) > 0 and scales.min() >= scale_range[0] and scales.max() <= scale_range[1])
+
+
 def box_corner_points(image: Image, mask: np.ndarray) -> np.ndarray:
     """Physical centroid and bounding-box corners of a mask (numpy order), (1 + 2^d, d)."""
     index = np.argwhere(mask)
@@ -212,9 +218,10 @@ def fit_transform(fixed: Image, moving: Image, fixed_masks: list[np.ndarray], mo
     moving_points = np.vstack([box_corner_points(moving, m) for m in moving_masks])
     point_weights = np.repeat(weights, len(fixed_points) // len(fixed_masks))
     matrix, offset = closed_form_affine(fixed_points, moving_points, point_weights)
-    if np.linalg.det(matrix) <= 0.1:  # a mirror or collapse means inconsistent pairs: keep only the shift
+    if not plausible_affine(matrix):  # a mirror or collapse means inconsistent pairs: keep only the shift
         matrix = np.eye(fixed.dimension)
         offset = np.average(moving_points - fixed_points, axis=0, weights=point_weights)
+    initial_matrix, initial_offset = matrix, offset
 
     reference = working_reference(fixed, options.working_voxels)
     pair_loss = _PairLoss(fixed, moving, fixed_masks, moving_masks, weights, reference)
@@ -235,6 +242,9 @@ def fit_transform(fixed: Image, moving: Image, fixed_masks: list[np.ndarray], mo
     iterations, _ = _optimise([matrix_step, shift], lambda: pair_loss.loss(affine(points)), options, cancel)
     matrix = (matrix_t + matrix_step / extent).detach().numpy().astype(float)
     offset = (affine(torch.zeros(1, fixed.dimension))[0]).detach().numpy().astype(float)
+    if not plausible_affine(matrix):  # Dice alone can squash space onto one pair: refuse, keep the start
+        matrix, offset = initial_matrix, initial_offset
+        report["affine_refinement_refused"] = True
     affine_points = torch.as_tensor(grid_points_lps(reference) @ matrix.T + offset, dtype=torch.float32)
     report.update(dice_affine=pair_loss.dice(affine_points).tolist(), affine_iterations=iterations)
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -116,7 +116,7 @@ def register(fixed: Image | str | Path, moving: Image | str | Path, prompts_ras=
 
 
 def refit_transform(result: RegistrationResult, fit_options: FitOptions | None = None, progress=None,
-                    cancel=None) -> RegistrationResult:
+                    cancel=None, max_folding: float = 0.001, max_stiffening: int = 2) -> RegistrationResult:
     """(Re)fit the transform from the currently accepted pairs — no re-encoding (e.g. after rejecting a pair)."""
     fit_options = fit_options or FitOptions()
     accepted = result.accepted_pairs
@@ -128,11 +128,21 @@ def refit_transform(result: RegistrationResult, fit_options: FitOptions | None =
         progress("fitting transform", 0.8)
     mark = time.perf_counter()
     weights = np.array([p.quality["iou_x"] * p.quality["iou_y"] for p in accepted])
-    transform = fit_transform(result.fixed_image, result.moving_image, [result.fixed_mask(p) for p in accepted],
-                              [result.moving_mask(p) for p in accepted], weights, fit_options, cancel)
+    fixed_masks, moving_masks = [result.fixed_mask(p) for p in accepted], [result.moving_mask(p) for p in accepted]
+    options = replace(fit_options)
+    # A folding field explains disagreeing ROIs, not anatomy: stiffen it, and at last keep the affine stage.
+    for attempt in range(max_stiffening + 1):
+        transform = fit_transform(result.fixed_image, result.moving_image, fixed_masks, moving_masks, weights,
+                                  options, cancel)
+        folding = folding_fraction(jacobian_determinant(transform))
+        if folding <= max_folding or options.transform == "affine":
+            break
+        options = replace(options, bending_weight=options.bending_weight * 10) if attempt < max_stiffening - 1 \
+            else replace(options, transform="affine")
     result.transform = transform
     result.report.setdefault("timings_s", {})["fit"] = time.perf_counter() - mark
     result.report["fit"] = transform.report
-    result.report["folding_fraction"] = folding_fraction(jacobian_determinant(transform))
+    result.report["folding_fraction"] = folding
     result.report["fit_options"] = asdict(fit_options)
+    result.report["fit_options_used"] = asdict(options)
     return result
