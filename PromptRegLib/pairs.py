@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .inverse import AffinePrior, InverseOptions, centroid_lps, inverse_prompt, stack_points_lps
-from .segment import ROI, decode_boxes, dice, mask_box, refit, segment_boxes, segment_points
+from .segment import ROI, dice, mask_box, segment_boxes, segment_points
 from .volume import SliceStack
 
 

@@ -5,7 +5,6 @@ region left is the mirror-symmetric right lung. With a search radius wide enough
 prompting of the left lung finds the right lung; inverted back, that ROI lands on the fixed right lung,
 outside ROI X, so the cycle check fails.
 """
-import numpy as np
 import SimpleITK as sitk
 
 from PromptRegLib import register

@@ -6,7 +6,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 
 from PromptRegLib.worker_client import WorkerRun
 
