@@ -13,6 +13,7 @@ import json
 import multiprocessing
 import os
 import resource
+import tempfile
 import time
 from dataclasses import dataclass, field
 from importlib import resources
@@ -186,7 +187,13 @@ def _elastix(case: Case, output_dir, quick: bool, quiet: bool = True) -> tuple[s
         parameters.AddParameterMap(parameter_map)
     _, result_parameters = itk.elastix_registration_method(fixed, moving, parameter_object=parameters,
                                                            log_to_console=False)
-    field = itk.transformix_deformation_field(moving, result_parameters)
+    working_dir = os.getcwd()
+    with tempfile.TemporaryDirectory() as scratch:  # transformix drops deformationField.nii in the cwd
+        os.chdir(scratch)
+        try:
+            field = itk.transformix_deformation_field(moving, result_parameters)
+        finally:
+            os.chdir(working_dir)
     displacement = sitk.GetImageFromArray(itk.array_from_image(field).astype(np.float64), isVector=True)
     reference = sitk.ReadImage(case.path(case.fixed))
     displacement.CopyInformation(reference if reference.GetDimension() == displacement.GetDimension()
