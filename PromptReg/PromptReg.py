@@ -201,7 +201,7 @@ class PromptRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._showPairs(self._lastPairs)
         used = sum(pair["accepted"] for pair in self._lastPairs)
         self.ui.statusLabel.text = f"Done: {used} of {len(self._lastPairs)} region pairs used."
-        self._setRunning(False)
+        self.ui.rejectButton.enabled = True
 
     def _showPairs(self, pairs):
         table = self.ui.pairsTable

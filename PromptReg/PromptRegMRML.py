@@ -1,6 +1,6 @@
 """MRML side of PromptReg without Qt: nodes ↔ files for the worker, and loading its results into the scene.
 
-Used by ``PromptRegLogic``; imports ``slicer`` and ``vtk`` only, so it runs (and is tested) on a headless
+Used by ``PromptRegLogic``; imports ``slicer`` only, so it runs (and is tested) on a headless
 MRML scene (the ``slicer-core`` package) as well as inside Slicer.
 """
 from __future__ import annotations
@@ -9,7 +9,6 @@ import json
 from pathlib import Path
 
 import slicer
-import vtk
 
 
 def _scene():
@@ -142,6 +141,4 @@ def load_results(result: dict, fixed_node, moving_node, harden_moving: bool = Fa
 
 def transform_point_fixed_to_moving(transform_node, point_ras) -> list[float]:
     """Where a fixed-space RAS point samples the moving image (the FromParent direction)."""
-    from_parent = vtk.vtkGeneralTransform()
-    transform_node.GetTransformFromParent() and from_parent.Concatenate(transform_node.GetTransformFromParent())
-    return list(from_parent.TransformPoint(list(point_ras)))
+    return list(transform_node.GetTransformFromParent().TransformPoint(list(point_ras)))
