@@ -21,7 +21,7 @@ from slicer.util import VTKObservationMixin
 
 import PromptRegMRML
 
-MODELS = ["litemedsam", "sam-vit-b", "sam-vit-l", "sam-vit-h"]
+MODELS = ["litemedsam", "sam-vit-b", "sam-vit-l", "sam-vit-h", "sam-med3d"]
 #: what the worker needs inside Slicer's Python, with the project's own pins (torch first, CPU build)
 REQUIREMENTS = ["segment-anything==1.0", "slicerio", "tqdm", "matplotlib"]
 TORCH_REQUIREMENT = "torch==2.13.0"

@@ -64,7 +64,7 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--model", default="litemedsam", choices=MODEL_NAMES,
                         help="promptable model (default: the embedded LiteMedSAM)")
-    parser.add_argument("--checkpoint", help="model checkpoint file (SAM variants need one)")
+    parser.add_argument("--checkpoint", help="model checkpoint file (SAM and SAM-Med3D need one)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -83,25 +83,32 @@ def command_segment(args) -> int:
     from .imageio import read_image
     from .models import load_model
     from .outputs import segment_color, staged_output, write_segmentation
+    from .imageio import ras_to_lps
+    from .native3d import segment_points_native
     from .segment import segment_boxes, segment_points
     from .volume import SliceStack
-    from .imageio import ras_to_lps
 
     image = read_image(args.image)
     points, boxes = _prompts(args)
     if not points and not boxes:
         raise PromptError("give at least one --prompt R,A,S, --prompts FILE.mrk.json or --box.")
     progress = ProgressBar(args.quiet)
-    stack = SliceStack(image, load_model(args.model, args.checkpoint, args.device))
-    for start in range(0, stack.shape[0], 4):
-        progress("encoding slices", 0.6 * start / stack.shape[0])
-        stack.embeddings(range(start, min(start + 4, stack.shape[0])))
-    progress("segmenting", 0.6)
+    model = load_model(args.model, args.checkpoint, args.device)
     points_lps = [ras_to_lps(p)[: image.dimension] for p in points]
     boxes_lps = [ras_to_lps(b.reshape(2, -1))[:, : image.dimension].ravel() for b in boxes]
-    depth = stack.shape[0]
-    propagation = lambda steps: progress("propagating through slices", 0.6 + 0.4 * min(1.0, steps / max(1, depth)))
-    rois = segment_points(stack, points_lps, propagation) + segment_boxes(stack, boxes_lps, propagation)
+    if getattr(model, "native_3d", False):
+        stack = SliceStack(image, None)
+        rois = segment_points_native(model, stack, points_lps, boxes_lps, progress)
+    else:
+        stack = SliceStack(image, model)
+        for start in range(0, stack.shape[0], 4):
+            progress("encoding slices", 0.6 * start / stack.shape[0])
+            stack.embeddings(range(start, min(start + 4, stack.shape[0])))
+        progress("segmenting", 0.6)
+        depth = stack.shape[0]
+        propagation = lambda steps: progress("propagating through slices",  # noqa: E731
+                                             0.6 + 0.4 * min(1.0, steps / max(1, depth)))
+        rois = segment_points(stack, points_lps, propagation) + segment_boxes(stack, boxes_lps, propagation)
     progress.close()
     output = Path(args.output)
     names = [f"Prompt {i + 1}" for i in range(len(rois))]

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import Cancelled, PromptError, RegistrationError
+from .errors import Cancelled, InputImageError, PromptError, RegistrationError
 from .fit import FitOptions, FittedTransform, fit_transform, jacobian_determinant
 from .imageio import Image, ras_to_lps, read_image, require_same_dimension
 from .metrics import folding_fraction
 from .models import load_model
 from .models.cache import EmbeddingCache
+from .native3d import find_native_pairs
 from .pairs import PairOptions, ROIPair, find_pairs, initial_prior
 from .volume import SliceStack
 
@@ -81,22 +82,35 @@ def register(fixed: Image | str | Path, moving: Image | str | Path, prompts_ras=
 
     report("loading model", 0.0)
     segmenter = load_model(model, checkpoint, device, cache)
-    fixed_stack, moving_stack = SliceStack(fixed_image, segmenter), SliceStack(moving_image, segmenter)
+    native_3d = getattr(segmenter, "native_3d", False)
+    if native_3d and fixed_image.dimension != 3:
+        raise InputImageError(f"{segmenter.name} is a 3D model; {fixed_image.source} is 2D — use litemedsam or a "
+                              "SAM variant for 2D pairs.")
+    # a native-3D model encodes cubes on demand; the stacks then only carry geometry and ROI masks
+    slice_model = None if native_3d else segmenter
+    fixed_stack, moving_stack = SliceStack(fixed_image, slice_model), SliceStack(moving_image, slice_model)
     timings["load"] = time.perf_counter() - started
 
-    report("encoding images", 0.05)
     mark = time.perf_counter()
-    for offset, stack in ((0.05, fixed_stack), (0.25, moving_stack)):
-        for start in range(0, stack.shape[0], 4):
-            if cancel and cancel():
-                raise Cancelled("registration cancelled")
-            report("encoding images", offset + 0.2 * start / stack.shape[0])
-            stack.embeddings(range(start, min(start + 4, stack.shape[0])))
+    if not native_3d:
+        report("encoding images", 0.05)
+        for offset, stack in ((0.05, fixed_stack), (0.25, moving_stack)):
+            for start in range(0, stack.shape[0], 4):
+                if cancel and cancel():
+                    raise Cancelled("registration cancelled")
+                report("encoding images", offset + 0.2 * start / stack.shape[0])
+                stack.embeddings(range(start, min(start + 4, stack.shape[0])))
     timings["encode"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
-    pairs = find_pairs(fixed_stack, moving_stack, points_lps, boxes_lps, initial_prior(fixed_stack, moving_stack),
-                       pair_options, lambda stage, f: report(stage, 0.45 + 0.35 * f), cancel)
+    prior = initial_prior(fixed_stack, moving_stack)
+    pair_progress = lambda stage, f: report(stage, 0.45 + 0.35 * f)  # noqa: E731
+    if native_3d:
+        pairs = find_native_pairs(segmenter, fixed_stack, moving_stack, points_lps, boxes_lps, prior, pair_options,
+                                  pair_progress, cancel)
+    else:
+        pairs = find_pairs(fixed_stack, moving_stack, points_lps, boxes_lps, prior, pair_options, pair_progress,
+                           cancel)
     timings["pairs"] = time.perf_counter() - mark
     for pair in pairs:
         if pair.name in reject_pairs:
@@ -105,6 +119,7 @@ def register(fixed: Image | str | Path, moving: Image | str | Path, prompts_ras=
     result.report = {"model": segmenter.name, "device": str(segmenter.device),
                      "pair_options": pair_options.as_dict(), "fit_options": asdict(fit_options),
                      "slicing_axis": {"fixed": fixed_stack.axis, "moving": moving_stack.axis},
+                     "native_3d": native_3d,
                      "intensity_window": {"fixed": fixed_stack.window, "moving": moving_stack.window},
                      "embedding_cache": {"hits": segmenter.cache.hits, "misses": segmenter.cache.misses},
                      "timings_s": timings}

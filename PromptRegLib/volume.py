@@ -39,7 +39,9 @@ def default_slicing_axis(image: Image) -> int:
 
 
 class SliceStack:
-    def __init__(self, image: Image, model: PromptableSegmenter, axis: int | None = None):
+    """``model`` None: geometry and windowed intensities only (native-3D models encode cubes instead)."""
+
+    def __init__(self, image: Image, model: PromptableSegmenter | None, axis: int | None = None):
         self.image = image
         self.model = model
         low, high = intensity_window(image.array)

@@ -4,10 +4,9 @@ from __future__ import annotations
 import torch
 
 from ..errors import CheckpointError
-from .base import PromptableSegmenter
 from .cache import EmbeddingCache
 
-MODEL_NAMES = ("litemedsam", "sam-vit-b", "sam-vit-l", "sam-vit-h")
+MODEL_NAMES = ("litemedsam", "sam-vit-b", "sam-vit-l", "sam-vit-h", "sam-med3d")
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -19,8 +18,8 @@ def resolve_device(device: str = "auto") -> str:
 
 
 def load_model(name: str = "litemedsam", checkpoint: str | None = None, device: str = "auto",
-               cache: EmbeddingCache | None = None) -> PromptableSegmenter:
-    """Build a backend; raises :class:`CheckpointError` for unknown names and missing or wrong checkpoints."""
+               cache: EmbeddingCache | None = None):
+    """Build a backend (a slice :class:`PromptableSegmenter`, or for ``sam-med3d`` a native-3D cube model); raises :class:`CheckpointError` for unknown names and missing or wrong checkpoints."""
     device = resolve_device(device)
     if name == "litemedsam":
         from .litemedsam import LiteMedSAM
@@ -28,4 +27,7 @@ def load_model(name: str = "litemedsam", checkpoint: str | None = None, device: 
     if name.startswith("sam-vit-"):
         from .sam import SAM
         return SAM(name[len("sam-"):].replace("-", "_"), checkpoint, device, cache)
+    if name == "sam-med3d":
+        from .sammed3d import SAMMed3D
+        return SAMMed3D(checkpoint, device, cache)
     raise CheckpointError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}.")
