@@ -254,7 +254,7 @@ def find_native_pairs(model, fixed: SliceStack, moving: SliceStack, points_lps: 
             roi_y = ROI(np.zeros(moving.shape, dtype=bool), {}, 0, np.zeros(4))
             pair = ROIPair(name, roi_x, roi_y, np.asarray(point_lps, dtype=float), np.zeros(3), source,
                            {"iou_x": roi_x.iou, "iou_y": 0.0})
-            pair.accepted, pair.rejected_because = False, "no ROI X at this prompt"
+            pair.accepted, pair.rejected_because = False, "no ROI X: the model found no region at this prompt"
             return pair
         roi_y, prompt_y_stack, quality = inverse_prompt_3d(model, fixed, moving, roi_x, view_x, mask_x, prior,
                                                           options.inverse)

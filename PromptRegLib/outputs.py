@@ -29,7 +29,10 @@ def segment_color(index: int) -> tuple[float, float, float]:
 
 @contextmanager
 def staged_output(output_dir: str | os.PathLike, inputs: list[str] = ()):
-    """Yield a temporary folder; on success move its files into ``output_dir``; on any error remove it."""
+    """Yield a temporary folder; on success move its files into ``output_dir``; on any error remove it.
+
+    A failed write inside (disk full, …) becomes an :class:`OutputError` naming the reason.
+    """
     output_dir = Path(output_dir)
     input_paths = {Path(p).resolve() for p in inputs if p}
     try:
@@ -38,7 +41,16 @@ def staged_output(output_dir: str | os.PathLike, inputs: list[str] = ()):
     except OSError as error:
         raise OutputError(f"cannot write to {output_dir.parent}: {error.strerror}.") from None
     try:
-        yield staging
+        try:
+            yield staging
+        except OSError as error:  # disk full, quota, permissions changed mid-run
+            raise OutputError(f"cannot write outputs for {output_dir}: {error.strerror or error}; nothing was "
+                              "written.") from None
+        except RuntimeError as error:  # SimpleITK reports failed writes as RuntimeError
+            if "write" not in str(error).lower():
+                raise
+            reason = str(error).strip().splitlines()[-1][:200]
+            raise OutputError(f"cannot write outputs for {output_dir}: {reason}; nothing was written.") from None
         clashes = [f for f in staging.iterdir() if (output_dir / f.name).resolve() in input_paths]
         if clashes:
             raise OutputError(f"output {output_dir / clashes[0].name} would overwrite an input; choose another -o.")

@@ -158,6 +158,11 @@ def find_pairs(fixed: SliceStack, moving: SliceStack, points_lps: list[np.ndarra
     def make_pair(roi_x: ROI, source: str, name: str) -> ROIPair:
         if cancel and cancel():
             raise Cancelled("registration cancelled")
+        if not roi_x.mask.any():  # e.g. a click in air
+            empty = ROI(np.zeros(moving.shape, dtype=bool), {}, 0, np.zeros(4))
+            return ROIPair(name, roi_x, empty, np.zeros(fixed.image.dimension), np.zeros(moving.image.dimension),
+                           source, {"iou_x": roi_x.iou, "iou_y": 0.0}, False,
+                           "no ROI X: the model found no region at this prompt")
         result = inverse_prompt(fixed, moving, roi_x, prior, options.inverse, fixed_points, moving_points)
         if warps:
             result.quality["warp_stability"] = warp_stability(fixed, roi_x, warps, options, rng)

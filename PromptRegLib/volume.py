@@ -18,17 +18,16 @@ def intensity_window(array: np.ndarray, low_percentile: float = 0.5, high_percen
     A padding value at the minimum (CT's -3024) is ignored, and for CT in Hounsfield units the window
     starts at air (-1024 HU), so lungs keep their contrast.
     """
-    values = np.asarray(array, dtype=np.float32).ravel()
-    if values.size > 2_000_000:
-        values = values[:: values.size // 1_000_000]
+    everything = np.asarray(array, dtype=np.float32).ravel()
+    values = everything[:: everything.size // 1_000_000] if everything.size > 2_000_000 else everything
     minimum = values.min()
     if np.mean(values == minimum) > 0.01:
         values = values[values > minimum]
     low, high = np.percentile(values, [low_percentile, high_percentile])
     if minimum < -1000 and high < 4000:  # CT in Hounsfield units: nothing below air is anatomy
         low = max(low, -1024.0)
-    if high <= low:
-        low, high = float(values.min()), float(values.max())
+    if high <= low:  # few distinct values (masks, phantoms): the full range
+        low, high = float(everything.min()), float(everything.max())
     return float(low), float(high)
 
 
