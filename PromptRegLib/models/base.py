@@ -129,8 +129,13 @@ class PromptableSegmenter(ABC):
         return f"{self.name}-v1"
 
     def encode(self, slices_01: list[np.ndarray], pixel_spacing_yx: tuple[float, float],
-               batch_size: int = 4) -> list[Embedding]:
-        """Encode slices (each (H, W) in [0, 1]); results come from the cache when the input is unchanged."""
+               batch_size: int | None = None) -> list[Embedding]:
+        """Encode slices (each (H, W) in [0, 1]); results come from the cache when the input is unchanged.
+
+        ``batch_size`` None: one slice at a time on CPU (measured: batches of 4 cost 1.4–1.8× more per slice
+        with LiteMedSAM on 2 cores), 8 on a GPU.
+        """
+        batch_size = batch_size or (8 if self.device.type == "cuda" else 1)
         geometries = [SliceGeometry.fit(*s.shape, pixel_spacing_yx, self.input_size) for s in slices_01]
         inputs = [g.slice_to_input(s, self._normalize) for g, s in zip(geometries, slices_01)]
         keys = [hashlib.sha1(self.cache_tag.encode() + x.numpy().tobytes()).hexdigest() for x in inputs]
