@@ -24,7 +24,7 @@ from .cube import CubeCrop
 from .errors import Cancelled, InputImageError, PromptError
 from .inverse import AffinePrior, InverseOptions, centroid_lps, largest_section_mm2, prior_weight, separate_peaks, \
     volume_mm3
-from .pairs import PairOptions, ROIPair, deduplicate, gate, sample_prompts, update_prior
+from .pairs import PairOptions, ROIPair, deduplicate, gate, pair_without_roi_x, sample_prompts, update_prior
 from .segment import ROI, clean_mask, dice, mask_box, prompt_to_stack
 from .volume import SliceStack
 
@@ -47,8 +47,8 @@ def encode_cube(model, stack: SliceStack, centre_lps: np.ndarray) -> CubeView:
     crop = CubeCrop.around(image, centre_lps, model.spacing_mm, model.cube_size)
     cube = crop.sample(np.asarray(image.array, dtype=np.float32))
     axis = np.arange(crop.size, dtype=float)
-    inside = [(crop.centre_index[a] + (axis - crop.half) * crop.step_index[a] > -0.5)
-              & (crop.centre_index[a] + (axis - crop.half) * crop.step_index[a] < image.size[a] - 0.5) for a in range(3)]
+    positions = [crop.centre_index[a] + (axis - crop.half) * crop.step_index[a] for a in range(3)]
+    inside = [(p > -0.5) & (p < image.size[a] - 0.5) for a, p in enumerate(positions)]
     inside_image = inside[0][:, None, None] & inside[1][None, :, None] & inside[2][None, None, :]
     return CubeView(crop, model.encode(cube), inside_image)
 
@@ -251,11 +251,7 @@ def find_native_pairs(model, fixed: SliceStack, moving: SliceStack, points_lps: 
         report("inverse prompting", index / total)
         roi_x, view_x, mask_x = segment_point(model, fixed, point_lps)
         if not mask_x.any() or not roi_x.mask.any():
-            roi_y = ROI(np.zeros(moving.shape, dtype=bool), {}, 0, np.zeros(4))
-            pair = ROIPair(name, roi_x, roi_y, np.asarray(point_lps, dtype=float), np.zeros(3), source,
-                           {"iou_x": roi_x.iou, "iou_y": 0.0})
-            pair.accepted, pair.rejected_because = False, "no ROI X: the model found no region at this prompt"
-            return pair
+            return pair_without_roi_x(name, roi_x, moving, point_lps, source)
         roi_y, prompt_y_stack, quality = inverse_prompt_3d(model, fixed, moving, roi_x, view_x, mask_x, prior,
                                                           options.inverse)
         prompt_y = moving.image.index_to_lps(moving.stack_index_to_image(prompt_y_stack[None]))[0]

@@ -121,6 +121,14 @@ def warp_stability(stack: SliceStack, roi: ROI, warps: int, options: PairOptions
     return float(np.mean(scores))
 
 
+def pair_without_roi_x(name: str, roi_x: ROI, moving: SliceStack, prompt_x_lps: np.ndarray, source: str) -> ROIPair:
+    """The rejected pair of a prompt where the model found no region (nothing to invert)."""
+    empty = ROI(np.zeros(moving.shape, dtype=bool), {}, 0, np.zeros(4))
+    return ROIPair(name, roi_x, empty, np.asarray(prompt_x_lps, dtype=float), np.zeros(moving.image.dimension),
+                   source, {"iou_x": roi_x.iou, "iou_y": 0.0}, False,
+                   "no ROI X: the model found no region at this prompt")
+
+
 def gate(pair: ROIPair, options: PairOptions) -> str:
     """Why a pair is rejected ('' if it passes)."""
     q = pair.quality
@@ -159,10 +167,7 @@ def find_pairs(fixed: SliceStack, moving: SliceStack, points_lps: list[np.ndarra
         if cancel and cancel():
             raise Cancelled("registration cancelled")
         if not roi_x.mask.any():  # e.g. a click in air
-            empty = ROI(np.zeros(moving.shape, dtype=bool), {}, 0, np.zeros(4))
-            return ROIPair(name, roi_x, empty, np.zeros(fixed.image.dimension), np.zeros(moving.image.dimension),
-                           source, {"iou_x": roi_x.iou, "iou_y": 0.0}, False,
-                           "no ROI X: the model found no region at this prompt")
+            return pair_without_roi_x(name, roi_x, moving, np.zeros(fixed.image.dimension), source)
         result = inverse_prompt(fixed, moving, roi_x, prior, options.inverse, fixed_points, moving_points)
         if warps:
             result.quality["warp_stability"] = warp_stability(fixed, roi_x, warps, options, rng)
