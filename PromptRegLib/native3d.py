@@ -245,11 +245,14 @@ def find_native_pairs(model, fixed: SliceStack, moving: SliceStack, points_lps: 
     auto_pairs = options.auto_pairs or 0
     total = max(1, len(points_lps) + auto_pairs)
 
-    def make_pair(point_lps, source: str, name: str, index: int) -> ROIPair | None:
+    def segment(point_lps, index: int):
         if cancel and cancel():
             raise Cancelled("registration cancelled")
         report("inverse prompting", index / total)
-        roi_x, view_x, mask_x = segment_point(model, fixed, point_lps)
+        return segment_point(model, fixed, point_lps)
+
+    def make_pair(segmented, point_lps, source: str, name: str) -> ROIPair:
+        roi_x, view_x, mask_x = segmented
         if not mask_x.any() or not roi_x.mask.any():
             return pair_without_roi_x(name, roi_x, moving, point_lps, source)
         roi_y, prompt_y_stack, quality = inverse_prompt_3d(model, fixed, moving, roi_x, view_x, mask_x, prior,
@@ -260,7 +263,7 @@ def find_native_pairs(model, fixed: SliceStack, moving: SliceStack, points_lps: 
         pair.accepted = not pair.rejected_because
         return pair
 
-    pairs = [make_pair(p, "user", f"Prompt {i + 1}", i) for i, p in enumerate(points_lps)]
+    pairs = [make_pair(segment(p, i), p, "user", f"Prompt {i + 1}") for i, p in enumerate(points_lps)]
     accepted = [p for p in pairs if p.accepted]
     if accepted:
         prior = update_prior(fixed, moving, accepted)
@@ -271,9 +274,9 @@ def find_native_pairs(model, fixed: SliceStack, moving: SliceStack, points_lps: 
         samples = sample_prompts(fixed, auto_pairs, held, np.random.default_rng(options.seed))
         for index, sample in enumerate(samples):
             point = fixed.image.index_to_lps(fixed.stack_index_to_image(sample[None]))[0]
-            pair = make_pair(point, "auto", f"Auto {index + 1}", len(points_lps) + index)
-            if pair.roi_x.mask.any() and any(dice(pair.roi_x.mask, p.roi_x.mask) > options.duplicate_dice
-                                             for p in pairs):
-                continue
-            pairs.append(pair)
+            segmented = segment(point, len(points_lps) + index)
+            roi_x = segmented[0]
+            if not roi_x.mask.any() or any(dice(roi_x.mask, p.roi_x.mask) > options.duplicate_dice for p in pairs):
+                continue  # as in the slice path: no inverse prompting for an empty or repeated ROI X
+            pairs.append(make_pair(segmented, point, "auto", f"Auto {index + 1}"))
     return deduplicate(pairs, options)
