@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import Cancelled
-from .imageio import Image
+from .imageio import Image, tidy_direction
 
 
 @dataclass
@@ -55,7 +55,7 @@ class FittedTransform:
         displacement = self.displacement_on(self.fixed_reference)
         field_image = sitk.GetImageFromArray(displacement.astype(np.float64), isVector=True)
         field_image.CopyInformation(self.fixed_reference.sitk_image)
-        return sitk.DisplacementFieldTransform(field_image)
+        return sitk.DisplacementFieldTransform(tidy_direction(field_image))
 
     def affine_sitk(self) -> sitk.AffineTransform:
         dimension = len(self.affine_offset)

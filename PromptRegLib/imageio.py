@@ -112,6 +112,18 @@ def _to_scalar(image: sitk.Image, path: str) -> sitk.Image:
                           "give a grayscale or RGB image.")
 
 
+def tidy_direction(image: sitk.Image) -> sitk.Image:
+    """Set direction cosines below 1e-12 (rounding noise) to exactly zero, in place; returns ``image``.
+
+    ITK inverts the direction with an SVD that fails on vanishingly small entries (e.g. 1e-296), and then maps
+    points to the wrong voxels; zeroing them moves no voxel by more than 1e-9 mm.
+    """
+    direction = np.array(image.GetDirection(), dtype=float)
+    direction[np.abs(direction) < 1e-12] = 0.0
+    image.SetDirection(direction.tolist())
+    return image
+
+
 def read_image(path: str | os.PathLike, max_voxels: int | None = None) -> Image:
     """Read a 2D or 3D image (NRRD, NIfTI, MHA, PNG, JPEG, TIFF, ...) and check it is usable.
 
@@ -141,7 +153,7 @@ def read_image(path: str | os.PathLike, max_voxels: int | None = None) -> Image:
         image = image[:, :, :, 0]
     if image.GetDimension() == 3 and image.GetSize()[2] == 1:
         image = image[:, :, 0]
-    image = _to_scalar(image, path)
+    image = tidy_direction(_to_scalar(image, path))
     return validate_image(Image(image, path))
 
 

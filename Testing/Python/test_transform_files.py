@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from PromptRegLib.fit import FittedTransform
@@ -21,6 +21,8 @@ def rotation(angles) -> np.ndarray:
 
 
 @settings(max_examples=12, deadline=None)
+@example(spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0), angles=(0.0, 0.5, 5.8e-296),  # ITK's SVD failed on it
+         affine_noise=(0.0,) * 9, offset=(0.0, 0.0, 0.0), seed=0)
 @given(spacing=st.tuples(*[st.floats(0.3, 7.0)] * 3),
        origin=st.tuples(*[st.floats(-300, 300)] * 3),
        angles=st.tuples(*[st.floats(-np.pi, np.pi)] * 3),
