@@ -68,3 +68,15 @@ def test_2d_3d_mismatch(tmp_path):
     three = read_image(write(tmp_path, np.random.rand(3, 32, 32).astype(np.float32), "b.nrrd"))
     with pytest.raises(InputImageError, match="2D.*3D"):
         require_same_dimension(two, three)
+
+
+def test_vanishing_direction_cosines_read_as_zero(tmp_path):
+    """ITK's SVD fails on a 1e-296 cosine and then maps points to the wrong voxels; we read it as exactly 0."""
+    image = sitk.GetImageFromArray(np.random.default_rng(0).random((6, 9, 9)).astype(np.float32))
+    c, s = np.cos(0.5), np.sin(0.5)
+    image.SetDirection((c, -1e-296, s, 1e-296, 1.0, 0.0, -s, 0.0, c))
+    path = tmp_path / "noisy_direction.mha"
+    sitk.WriteImage(image, str(path))
+    direction = read_image(path).direction
+    assert direction[0, 1] == 0.0 and direction[1, 0] == 0.0
+    np.testing.assert_allclose(direction, [[c, 0, s], [0, 1, 0], [-s, 0, c]], atol=1e-12)
