@@ -113,15 +113,19 @@ def _to_scalar(image: sitk.Image, path: str) -> sitk.Image:
 
 
 def tidy_direction(image: sitk.Image) -> sitk.Image:
-    """Set direction cosines below 1e-12 (rounding noise) to exactly zero, in place; returns ``image``.
+    """``image``, or a copy of it whose direction cosines below 1e-12 (rounding noise) are exactly zero.
 
     ITK inverts the direction with an SVD that fails on vanishingly small entries (e.g. 1e-296), and then maps
-    points to the wrong voxels; zeroing them moves no voxel by more than 1e-9 mm.
+    points to the wrong voxels; zeroing them moves no voxel by more than 1e-9 mm. A caller's image is never changed.
     """
     direction = np.array(image.GetDirection(), dtype=float)
-    direction[np.abs(direction) < 1e-12] = 0.0
-    image.SetDirection(direction.tolist())
-    return image
+    noise = (direction != 0) & (np.abs(direction) < 1e-12)
+    if not noise.any():
+        return image
+    direction[noise] = 0.0
+    tidied = sitk.Image(image)
+    tidied.SetDirection(direction.tolist())
+    return tidied
 
 
 def read_image(path: str | os.PathLike, max_voxels: int | None = None) -> Image:

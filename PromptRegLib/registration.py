@@ -9,7 +9,7 @@ import numpy as np
 
 from .errors import Cancelled, InputImageError, PromptError, RegistrationError
 from .fit import FitOptions, FittedTransform, fit_transform, jacobian_determinant
-from .imageio import Image, ras_to_lps, read_image, require_same_dimension, validate_image
+from .imageio import Image, ras_to_lps, read_image, require_same_dimension, tidy_direction, validate_image
 from .metrics import folding_fraction
 from .models import load_model
 from .models.cache import EmbeddingCache
@@ -42,8 +42,10 @@ class RegistrationResult:
 
 
 def _as_image(image: Image | str | Path) -> Image:
-    """Read a path; images built in memory get the same checks as files (empty, NaN, tiny, geometry)."""
-    return validate_image(image) if isinstance(image, Image) else read_image(image)
+    """Read a path; images built in memory get the same checks and direction tidying as files."""
+    if isinstance(image, Image):
+        return validate_image(Image(tidy_direction(image.sitk_image), image.source))
+    return read_image(image)
 
 
 def _check_prompts(points: list, boxes: list, dimension: int) -> None:

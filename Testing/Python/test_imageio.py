@@ -4,7 +4,7 @@ import pytest
 import SimpleITK as sitk
 
 from PromptRegLib.errors import InputImageError
-from PromptRegLib.imageio import read_image, require_same_dimension
+from PromptRegLib.imageio import read_image, require_same_dimension, tidy_direction
 
 
 def write(tmp_path, array, name="image.nrrd", spacing=None):
@@ -80,3 +80,11 @@ def test_vanishing_direction_cosines_read_as_zero(tmp_path):
     direction = read_image(path).direction
     assert direction[0, 1] == 0.0 and direction[1, 0] == 0.0
     np.testing.assert_allclose(direction, [[c, 0, s], [0, 1, 0], [-s, 0, c]], atol=1e-12)
+
+
+def test_tidying_an_image_in_memory_leaves_the_callers_image_alone():
+    image = sitk.Image(8, 8, 8, sitk.sitkFloat32)
+    image.SetDirection((1.0, 1e-300, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
+    tidied = tidy_direction(image)
+    assert tidied.GetDirection()[1] == 0.0 and image.GetDirection()[1] == 1e-300
+    assert tidy_direction(tidied) is tidied  # nothing to tidy: no copy
