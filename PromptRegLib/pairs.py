@@ -163,17 +163,17 @@ def find_pairs(fixed: SliceStack, moving: SliceStack, points_lps: list[np.ndarra
     report = progress or (lambda stage, fraction: None)
     fixed_points, moving_points = stack_points_lps(fixed), stack_points_lps(moving)
 
-    def make_pair(roi_x: ROI, source: str, name: str) -> ROIPair:
+    def make_pair(roi_x: ROI, prompt_x_lps: np.ndarray, source: str, name: str) -> ROIPair:
         if cancel and cancel():
             raise Cancelled("registration cancelled")
         if not roi_x.mask.any():  # e.g. a click in air
-            return pair_without_roi_x(name, roi_x, moving, np.zeros(fixed.image.dimension), source)
+            return pair_without_roi_x(name, roi_x, moving, prompt_x_lps, source)
         result = inverse_prompt(fixed, moving, roi_x, prior, options.inverse, fixed_points, moving_points)
         if warps:
             result.quality["warp_stability"] = warp_stability(fixed, roi_x, warps, options, rng)
-        prompt_x = centroid_lps(fixed, roi_x.mask) if roi_x.mask.any() else np.zeros(fixed.image.dimension)
         prompt_y = moving.image.index_to_lps(moving.stack_index_to_image(result.prompt_y_stack[None]))[0]
-        pair = ROIPair(name, roi_x, result.roi_y, prompt_x, prompt_y, source, result.quality)
+        pair = ROIPair(name, roi_x, result.roi_y, np.asarray(prompt_x_lps, dtype=float), prompt_y, source,
+                       result.quality)
         pair.rejected_because = gate(pair, options)
         pair.accepted = not pair.rejected_because
         return pair
@@ -184,9 +184,7 @@ def find_pairs(fixed: SliceStack, moving: SliceStack, points_lps: list[np.ndarra
     pairs = []
     for index, (roi_x, prompt) in enumerate(zip(user_rois, user_prompts)):
         report("inverse prompting", index / max(1, len(user_rois) + auto_pairs))
-        pair = make_pair(roi_x, "user", f"Prompt {index + 1}")
-        pair.prompt_x_lps = np.asarray(prompt, dtype=float)
-        pairs.append(pair)
+        pairs.append(make_pair(roi_x, prompt, "user", f"Prompt {index + 1}"))
 
     accepted = [p for p in pairs if p.accepted]
     if accepted:  # the user's pairs tell where to look for the sampled ones
@@ -202,9 +200,7 @@ def find_pairs(fixed: SliceStack, moving: SliceStack, points_lps: list[np.ndarra
             report("inverse prompting", (len(user_rois) + index) / max(1, len(user_rois) + auto_pairs))
             if not roi_x.mask.any() or any(dice(roi_x.mask, p.roi_x.mask) > options.duplicate_dice for p in pairs):
                 continue
-            pair = make_pair(roi_x, "auto", f"Auto {index + 1}")
-            pair.prompt_x_lps = prompt
-            pairs.append(pair)
+            pairs.append(make_pair(roi_x, prompt, "auto", f"Auto {index + 1}"))
     return deduplicate(pairs, options)
 
 
