@@ -6,6 +6,8 @@ cannot corrupt each other; an unreadable entry is treated as missing and rewritt
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 import tempfile
 from collections import OrderedDict
@@ -20,6 +22,25 @@ def default_cache_dir() -> Path | None:
     if value == "off":
         return None
     return Path(value) if value else Path.home() / ".cache" / "promptreg"
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's content (hex, first 16 characters), remembered per (path, size, mtime).
+
+    Part of every cache key of a model loaded from a checkpoint, so fine-tuned weights never get another
+    model's cached features.
+    """
+    stat = Path(path).stat()
+    return _file_digest(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 class EmbeddingCache:
