@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import PromptError, PromptRegError
+from .progress import ProgressBar
 
 
 def parse_point(text: str) -> np.ndarray:
@@ -37,26 +38,6 @@ def parse_point_list(text: str) -> np.ndarray:
         return np.array([float(v) for v in text.split(",")])
     except ValueError:
         raise PromptError(f"cannot read {text!r} as coordinates.") from None
-
-
-class ProgressBar:
-    """tqdm progress for long steps, written to stderr; ``quiet`` turns it off."""
-
-    def __init__(self, quiet: bool = False):
-        from tqdm import tqdm
-
-        self.bar = None if quiet else tqdm(total=100, unit="%", file=sys.stderr, leave=False,
-                                            bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}")
-
-    def __call__(self, stage: str, fraction: float) -> None:
-        if self.bar is not None:
-            self.bar.set_description_str(stage)
-            self.bar.n = int(round(100 * min(max(fraction, 0.0), 1.0)))
-            self.bar.refresh()
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
