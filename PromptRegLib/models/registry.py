@@ -6,7 +6,8 @@ import torch
 from ..errors import CheckpointError
 from .cache import EmbeddingCache
 
-MODEL_NAMES = ("litemedsam", "sam-vit-b", "sam-vit-l", "sam-vit-h", "sam-med3d")
+TEST_MODEL_NAMES = ("test-patches", "test-patches-3d")  # weight-free, deterministic (models/patches.py)
+MODEL_NAMES = ("litemedsam", "sam-vit-b", "sam-vit-l", "sam-vit-h", "sam-med3d") + TEST_MODEL_NAMES
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -30,4 +31,7 @@ def load_model(name: str = "litemedsam", checkpoint: str | None = None, device: 
     if name == "sam-med3d":
         from .sammed3d import SAMMed3D
         return SAMMed3D(checkpoint, device, cache)
+    if name in TEST_MODEL_NAMES:
+        from .patches import PATCH_MODELS
+        return PATCH_MODELS[name](checkpoint, device, cache)
     raise CheckpointError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}.")
