@@ -3,9 +3,10 @@
 They stand in for the SAM models where tests need geometry, inverse prompting, the cycle check and the fit
 to run on synthetic images in milliseconds. Nothing is learned; every number below is fixed.
 
-**Features** (one recipe for 2D and 3D, on intensities in [0, 1]): a Gaussian pre-smoothing (σ = 0.7 px),
-then for each cell of the grid (4 px or voxels, so cell ``j`` covers pixels ``4j … 4j + 3`` exactly as
-``adaptive_avg_pool`` to ``S/4`` cells assumes) 32 channels, each a ``tanh`` in [−1, 1]:
+**Features** (one recipe for 2D and 3D, on intensities in [0, 1]: slices as windowed, cubes z-scored over
+the cube with z = −3 … 3 mapped to 0 … 1; 128² → 32² cells, 32³ → 8³): a Gaussian pre-smoothing
+(σ = 0.7 px), then for each cell of the grid (4 px or voxels, so cell ``j`` covers pixels ``4j … 4j + 3``
+exactly as ``adaptive_avg_pool`` to ``S/4`` cells assumes) 32 channels, each a ``tanh`` in [−1, 1]:
 
 - 8 *intensity* channels: the cell's mean against 8 evenly spaced levels (1/16 … 15/16, width 0.06): a
   soft thermometer code, so cells of similar brightness agree and distant brightness gives cosine ≈ 0;
@@ -16,8 +17,8 @@ then for each cell of the grid (4 px or voxels, so cell ``j`` covers pixels ``4j
   the cell (6² or 6³, stride 4, edges replicated), each kernel averaged over the patch's symmetry group
   (flips and axis swaps: 8 in 2D, 48 in 3D), zero-sum and of unit norm, divided by 0.1 before the tanh.
 
-Why: the first three groups are rotation-invariant statistics; the symmetrised random kernels are exactly
-invariant to flips and 90° turns and nearly isotropic otherwise (centre–surround profiles), where a plain
+Why: the first three groups are rotation-invariant statistics; the symmetrised random kernels are themselves
+unchanged by flips and 90° turns and nearly isotropic otherwise (centre–surround profiles), where a plain
 random projection would not be. So a flipped, turned or shifted copy of an image has (up to grid
 alignment) the same features at the moved places, as the pipeline expects of SAM features. Statistics
 are over the cell itself, not an 8-px patch: with 8-px patches every cell whose patch touched a boundary
@@ -74,7 +75,7 @@ PATTERN_CHANNELS, PATTERN_SCALE = 16, 0.1
 GROW_FRACTION = 0.2        # a box prompt bounds its region grown by this fraction of its size
 SEED_FRACTION = 0.25       # cells within this central fraction of a box's size seed its region
 LOGIT_SCALE = 10.0
-GROWING_PASSES = 2        # the second pass grows again with the first region's mean feature as prototype
+GROWING_PASSES = 2         # the second pass grows again with the first region's mean feature as prototype
 Z_SCORE_SPAN = 6.0         # cubes: z-scores −3 … 3 map to intensities 0 … 1
 
 
@@ -133,7 +134,8 @@ def patch_features(volume_01: torch.Tensor, kernels: torch.Tensor) -> torch.Tens
     gradient = torch.stack(torch.gradient(smoothed, dim=tuple(range(2, 2 + dims)))).square().sum(0).sqrt()
     pool = _avg_pool(dims)
     mean = pool(smoothed, STRIDE)
-    std = (pool(smoothed.square(), STRIDE) - mean.square()).clamp_min(0).sqrt()
+    spread = smoothed - F.interpolate(mean, size=smoothed.shape[2:], mode="nearest")   # minus its cell's mean
+    std = pool(spread.square(), STRIDE).sqrt()
     edge = pool(gradient, STRIDE)
     padding = [(PATTERN_PATCH - STRIDE) // 2] * (2 * dims)
     pattern = _conv(dims)(F.pad(smoothed, padding, mode="replicate"), kernels, stride=STRIDE)
@@ -141,33 +143,28 @@ def patch_features(volume_01: torch.Tensor, kernels: torch.Tensor) -> torch.Tens
                       _levels(edge, EDGE_LEVELS, True), torch.tanh(pattern / PATTERN_SCALE)], dim=1)
 
 
-def _face_neighbours(dims: int, device) -> torch.Tensor:
-    """A (1, 1, 3, 3[, 3]) kernel: the centre and its face neighbours."""
-    kernel = torch.zeros((1, 1) + (3,) * dims, device=device)
-    for axis in range(dims):
-        for offset in (0, 2):
-            index = [1] * dims
-            index[axis] = offset
-            kernel[(0, 0, *index)] = 1
-    kernel[(0, 0) + (1,) * dims] = 1
-    return kernel
+def _dilate(cells: torch.Tensor, corners: bool = False) -> torch.Tensor:
+    """Boolean (B, *grid) grown by one cell: to face neighbours, or with ``corners`` to all neighbours."""
+    grown = cells.clone()
+    for axis in range(1, cells.dim()):
+        source = grown.clone() if corners else cells
+        length = cells.shape[axis]
+        grown.narrow(axis, 1, length - 1).logical_or_(source.narrow(axis, 0, length - 1))
+        grown.narrow(axis, 0, length - 1).logical_or_(source.narrow(axis, 1, length - 1))
+    return grown
 
 
-def _dilate(cells: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-    """Boolean (B, *grid) grown by one step of ``kernel`` (face neighbours, or all neighbours for ones)."""
-    dims = cells.dim() - 1
-    return _conv(dims)(cells[:, None].float(), kernel, padding=1)[:, 0] > 0
-
-
-def _edge_cells(bound: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-    """Cells of ``bound`` with a face neighbour outside it (the grid's outside counts as outside)."""
-    dims = bound.dim() - 1
-    inside_neighbours = _conv(dims)(bound[:, None].float(), kernel, padding=1)[:, 0]
-    return bound & (inside_neighbours < kernel.sum() - 0.5)
+def _edge_cells(bound: torch.Tensor) -> torch.Tensor:
+    """Cells of ``bound`` with a face neighbour outside it or on the grid's outer faces."""
+    border = torch.zeros_like(bound)
+    for axis in range(1, bound.dim()):
+        border.narrow(axis, 0, 1).fill_(True)
+        border.narrow(axis, bound.shape[axis] - 1, 1).fill_(True)
+    return bound & (_dilate(~bound) | border)
 
 
 def _grow(unit: torch.Tensor, seeds: torch.Tensor, prototype_cells: torch.Tensor, bound: torch.Tensor,
-          negatives: torch.Tensor, threshold: float, kernel: torch.Tensor):
+          negatives: torch.Tensor, threshold: float):
     """One region-growing pass → (region, cosine with the prototype, blocked cells), all (B, *grid)."""
     prototype = F.normalize(torch.einsum("bc...,b...->bc", unit, prototype_cells.float()), dim=1)
     cosine = torch.einsum("bc...,bc->b...", unit, prototype)
@@ -180,7 +177,7 @@ def _grow(unit: torch.Tensor, seeds: torch.Tensor, prototype_cells: torch.Tensor
     allowed = ((cosine >= threshold) & bound & ~blocked) | seeds
     region = seeds.clone()
     while True:
-        grown = _dilate(region, kernel) & allowed
+        grown = _dilate(region) & allowed
         if torch.equal(grown, region):
             return region, cosine, blocked
         region = grown
@@ -194,16 +191,14 @@ def grow_regions(features: torch.Tensor, seeds: torch.Tensor, bound: torch.Tenso
     feature is the first prototype; the seeds when None) are boolean (B, *grid). Returns cell maps (B, *grid):
     1 in the region, 0 on its ring, −1 elsewhere; and predicted IoU (B,), 0 for a prompt without seeds.
     """
-    dims = seeds.dim() - 1
     unit = F.normalize(features.float(), dim=1)
-    kernel = _face_neighbours(dims, features.device)
     region = seeds if prototype_cells is None else prototype_cells | seeds
     for _ in range(GROWING_PASSES):
-        region, cosine, blocked = _grow(unit, seeds, region, bound, negatives, threshold, kernel)
-    ring = _dilate(region, torch.ones_like(kernel)) & ~region & bound & ~blocked
+        region, cosine, blocked = _grow(unit, seeds, region, bound, negatives, threshold)
+    ring = _dilate(region, corners=True) & ~region & bound & ~blocked
     flat_region, flat_cosine = region.flatten(1).float(), cosine.flatten(1)
     mean_cosine = (flat_cosine * flat_region).sum(1) / flat_region.sum(1).clamp_min(1)
-    edges = _edge_cells(bound | seeds, kernel).flatten(1).float()
+    edges = _edge_cells(bound | seeds).flatten(1).float()
     flooded = (edges * flat_region).sum(1) / edges.sum(1).clamp_min(1)
     score = mean_cosine.clamp(0, 1) * (1 - 0.5 * flooded)
     cells = region.float() - (~region & ~ring).float()
@@ -224,6 +219,7 @@ def points_to_cells(points: torch.Tensor, grid_size: int) -> torch.Tensor:
 
 
 def _cell_centres(grid_size: int, device) -> torch.Tensor:
+    """Model pixel index of each cell's centre along one axis."""
     return torch.arange(grid_size, dtype=torch.float32, device=device) * STRIDE + (STRIDE - 1) / 2
 
 
@@ -245,6 +241,22 @@ def point_cells(points: torch.Tensor, labels: torch.Tensor, grid_shape: tuple[in
     _mark(seeds, cells, labels == 1)
     _mark(negatives, cells, labels == 0)
     return seeds, negatives & ~seeds
+
+
+def box_cells(boxes_uv: torch.Tensor, grid_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Boxes (B, 4) as x0, y0, x1, y1 in model pixels → boolean seeds (the cell nearest the centre and the cells
+    within the central quarter of the box) and bound (the cells within the box grown by GROW_FRACTION), (B, g, g)."""
+    centres = _cell_centres(grid_size, boxes_uv.device)
+    middle, size = (boxes_uv[:, :2] + boxes_uv[:, 2:]) / 2, (boxes_uv[:, 2:] - boxes_uv[:, :2]).abs()   # (x, y)
+
+    def within(half_extent: torch.Tensor) -> torch.Tensor:
+        near = (centres[None, :, None] - middle[:, None]).abs() <= half_extent[:, None]     # (B, g, 2)
+        return near[:, :, None, 1] & near[:, None, :, 0]                                   # rows y, columns x
+
+    seeds = within(size * SEED_FRACTION / 2)
+    _mark(seeds, points_to_cells(middle.flip(-1), grid_size)[:, None],
+          torch.ones(len(boxes_uv), 1, dtype=torch.bool, device=boxes_uv.device))
+    return seeds, within(size * (1 + GROW_FRACTION) / 2)
 
 
 def _check_no_checkpoint(name: str, checkpoint: str | None) -> None:
@@ -284,18 +296,7 @@ class PatchSlices(PromptableSegmenter):
         negatives = torch.zeros_like(seeds)
         bound = torch.ones_like(seeds)
         if boxes_uv is not None:
-            centres = _cell_centres(grid, features.device)
-            low, high = boxes_uv[:, :2], boxes_uv[:, 2:]          # (x, y)
-            middle, size = (low + high) / 2, (high - low).abs()
-
-            def inside(half_extent):
-                within = (centres[None, :, None] - (middle - half_extent)[:, None]).ge(0) & \
-                         (centres[None, :, None] - (middle + half_extent)[:, None]).le(0)     # (B, g, 2)
-                return within[:, :, None, 1] & within[:, None, :, 0]                        # rows y, columns x
-
-            bound = inside(size * (0.5 + GROW_FRACTION / 2))
-            seeds = inside(size * SEED_FRACTION / 2)
-            _mark(seeds, points_to_cells(middle.flip(-1), grid)[:, None], torch.ones(batch, 1, dtype=torch.bool))
+            seeds, bound = box_cells(boxes_uv, grid)
         if points_uv is not None:
             point_seeds, negatives = point_cells(points_uv.flip(-1), point_labels, (grid, grid))
             seeds |= point_seeds
@@ -368,7 +369,7 @@ class PatchCubes:
                 previous = pooled > 0.5
             batch_features = features.to(self.device)[None].expand(len(points_t), *features.shape)
             cells, iou = grow_regions(batch_features, seeds, torch.ones_like(seeds), negatives, self.threshold,
-                                        previous)
+                                      previous)
             logits = region_logits(cells, self.cube_size)
         return logits.float().cpu(), iou.float().cpu().numpy()
 
