@@ -300,8 +300,7 @@ def summarise_click_runs(prompt_sets: list[list], rows: list[dict]) -> dict:
 
 # --- methods: each (case, quick, progress, **options) → (fixed → moving transform, extra row fields) ------------
 def _register_promptreg(case: Case, progress: Callable[[str, float], None]):
-    from .pairs import PairOptions
-    from .registration import register
+    from .registration import PairOptions, register  # PairOptions as registration uses it, wherever it is defined
 
     pair_options = PairOptions()
     if case.auto_pairs is not None:
@@ -555,6 +554,8 @@ def _method_row(name: str, case: Case, quick: bool, options: dict, progress) -> 
     row = {"seconds": time.perf_counter() - started,
            "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # before scoring: the method's own
     progress("writing and scoring the transform", 1.0)
+    if isinstance(transform, sitk.CompositeTransform):
+        transform.FlattenTransform()  # an ITK transform file holds no composite nested in another
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(scratch) / "transform.h5"
         write_transform(path, transform)
