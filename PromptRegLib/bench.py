@@ -612,7 +612,8 @@ def _markdown(rows: list[dict]) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         if "error" in row:
-            lines.append(f"| {row['case']} | {row['method']} | error: {row['error'][:100]} | | | | "
+            why = " ".join(row["error"].split()).replace("|", "/")[:100]  # one table cell
+            lines.append(f"| {row['case']} | {row['method']} | error: {why} | | | | "
                          f"{_fmt(row.get('seconds'), '{:.1f}')} | {_fmt(row.get('peak_mb'), '{:.0f}')} | | | |")
             continue
         spread = row.get("click_spread", {})

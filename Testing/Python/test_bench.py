@@ -196,10 +196,12 @@ def test_click_spread_summary_and_markdown_rows():
              "transform_mb": 0.1, "time_ratio": 2.0, "dice_ratio": 1.125},
             {"case": "h", "method": "promptreg-auto", "tre_px": 16.1, "rtre": 0.014, "seconds": 30.0, "peak_mb": 800.0},
             {"case": "c", "method": "ants", "error": "timed out: still running after 60 s (--timeout)", "seconds": 60.0,
-             "peak_mb": 300.0}]
+             "peak_mb": 300.0},
+            {"case": "c", "method": "elastix", "error": "RuntimeError: ITK ERROR:\n a | b"}]
     table = _markdown(rows)
     assert "| c | promptreg | 0.900 | 3.00 mm | 0.50 (2/3 sets) |" in table
     assert "| c | simpleitk | 0.800 | 5.00 mm |" in table and "| 0.10 | 2.00 | 1.12 |" in table
     assert "| h | promptreg-auto |  | 16.1 px (1.40 %) |" in table
-    assert "error: timed out" in table
+    assert "| c | ants | error: timed out: still running after 60 s (--timeout) | | | | 60.0 | 300 |" in table
+    assert "| c | elastix | error: RuntimeError: ITK ERROR: a / b |" in table  # one line, one cell
     assert "| c | 3 (1) | 3.00 / 3.25 / 3.50 | 0.50 | 0.950 / 0.955 / 0.960 |" in table
