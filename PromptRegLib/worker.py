@@ -1,13 +1,18 @@
 """The background worker: ``python -m PromptRegLib.worker request.json``.
 
-Reads a request (JSON), runs segmentation pairs or a registration, and prints one JSON object per line
-on stdout: ``{"type": "progress", "stage", "fraction"}``, ``{"type": "result", "output_dir", "files",
-"pairs"}`` or ``{"type": "error", "message", "exit_code"}``. SIGTERM cancels cleanly (no outputs left).
-This is the only way the Slicer module talks to the library, so a crash here cannot take Slicer down.
+Reads a request (JSON), runs segmentation pairs, a registration or a refit, and prints one JSON object per
+line on stdout: ``{"type": "progress", "stage", "fraction"}``, ``{"type": "result", "output_dir", "files",
+"pairs", "device"}`` or ``{"type": "error", "message", "exit_code"}``. SIGTERM cancels cleanly (no outputs
+left). This is the only way the Slicer module talks to the library, so a crash here cannot take Slicer down.
 
-Request keys: ``fixed``, ``moving``, ``output_dir`` (required); ``prompts_ras`` [[R, A, S], …],
-``prompts_file`` (.mrk.json), ``boxes_ras`` [[R1, A1, S1, R2, A2, S2], …], ``model``, ``checkpoint``,
-``device``, ``auto_pairs``, ``warps``, ``transform``, ``bending``, ``pairs_only``, ``reject_pairs``.
+Registration request (``"request": "register"``, the default) — keys: ``fixed``, ``moving``, ``output_dir``
+(required); ``prompts_ras`` [[R, A, S], …], ``prompts_file`` (.mrk.json), ``boxes_ras``
+[[R1, A1, S1, R2, A2, S2], …], ``model``, ``checkpoint``, ``device``, ``auto_pairs``, ``warps``,
+``transform``, ``bending``, ``pairs_only``, ``reject_pairs``.
+
+Refit request (``"request": "refit"``) — keys: ``pairs_from`` (a previous output folder) and
+``output_dir`` (required); ``reject_pairs``, ``transform``, ``bending``; ``fixed``/``moving`` default to
+the images that run used. Decoder-free: the fit alone, from the written ROI pairs (see ``refit``).
 """
 from __future__ import annotations
 
@@ -20,7 +25,7 @@ from pathlib import Path
 from .errors import PromptRegError
 
 BAD_REQUEST = 2
-REQUIRED = ("fixed", "moving", "output_dir")
+REQUIRED = {"register": ("fixed", "moving", "output_dir"), "refit": ("pairs_from", "output_dir")}
 
 
 def emit(kind: str, **fields) -> None:
@@ -36,34 +41,60 @@ def read_request(path: str) -> dict:
         raise ValueError(f"request file {path} is not JSON ({error})") from None
     if not isinstance(request, dict):
         raise ValueError("the request must be a JSON object")
-    missing = [key for key in REQUIRED if not request.get(key)]
+    kind = request.get("request", "register")
+    if kind not in REQUIRED:
+        raise ValueError(f"unknown request {kind!r}; use one of {', '.join(REQUIRED)}")
+    missing = [key for key in REQUIRED[kind] if not request.get(key)]
     if missing:
         raise ValueError(f"the request lacks {', '.join(missing)}")
     return request
 
 
-def run(request: dict, cancelled) -> dict:
+def fit_options_from(request: dict):
     from .fit import FitOptions
+
+    fit_options = FitOptions(transform=request.get("transform", "deformable"))
+    if request.get("bending") is not None:
+        fit_options.bending_weight = float(request["bending"])
+    return fit_options
+
+
+def _progress(stage: str, fraction: float) -> None:
+    emit("progress", stage=stage, fraction=round(fraction, 4))
+
+
+def _result(output_dir: Path, refit: bool = False) -> dict:
+    """The result event; ``device`` says where this run computed (a refit fits on the CPU)."""
+    report = json.loads((output_dir / "report.json").read_text())
+    device = report["refit"]["device"] if refit else report.get("device", "cpu")
+    return {"output_dir": str(output_dir), "files": sorted(p.name for p in output_dir.iterdir()),
+            "pairs": report["pairs"], "device": device}
+
+
+def run_registration(request: dict, cancelled) -> dict:
     from .outputs import read_markups, write_registration
-    from .pairs import PairOptions
+    from .prompting.pairs import PairOptions
     from .registration import register
 
     prompts = list(request.get("prompts_ras") or [])
     if request.get("prompts_file"):
         prompts += [p.tolist() for p in read_markups(request["prompts_file"])]
     pair_options = PairOptions(auto_pairs=request.get("auto_pairs"), warps=request.get("warps"))
-    fit_options = FitOptions(transform=request.get("transform", "deformable"))
-    if request.get("bending") is not None:
-        fit_options.bending_weight = float(request["bending"])
     result = register(request["fixed"], request["moving"], prompts, request.get("boxes_ras") or [],
                       request.get("model", "litemedsam"), request.get("checkpoint"), request.get("device", "auto"),
-                      pair_options, fit_options, pairs_only=bool(request.get("pairs_only")),
-                      progress=lambda stage, fraction: emit("progress", stage=stage, fraction=round(fraction, 4)),
-                      cancel=cancelled, reject_pairs=request.get("reject_pairs") or [])
+                      pair_options, fit_options_from(request), pairs_only=bool(request.get("pairs_only")),
+                      progress=_progress, cancel=cancelled, reject_pairs=request.get("reject_pairs") or [])
     emit("progress", stage="writing outputs", fraction=0.95)
-    output_dir = write_registration(result, request["output_dir"])
-    pairs = json.loads((output_dir / "report.json").read_text())["pairs"]
-    return {"output_dir": str(output_dir), "files": sorted(p.name for p in output_dir.iterdir()), "pairs": pairs}
+    return _result(write_registration(result, request["output_dir"]))
+
+
+def run_refit(request: dict, cancelled) -> dict:
+    from .refit import refit_from_outputs
+
+    output_dir = refit_from_outputs(request["pairs_from"], request["output_dir"], request.get("reject_pairs") or [],
+                                    fit_options_from(request), fixed=request.get("fixed"),
+                                    moving=request.get("moving"), progress=_progress, cancel=cancelled)
+    return _result(output_dir, refit=True)
 
 
 def main(argv=None) -> int:
@@ -78,6 +109,7 @@ def main(argv=None) -> int:
     except ValueError as error:
         emit("error", message=f"bad request: {error}", exit_code=BAD_REQUEST)
         return BAD_REQUEST
+    run = run_refit if request.get("request") == "refit" else run_registration
     try:
         emit("result", **run(request, lambda: bool(cancel_requested)))
         return 0

@@ -1,0 +1,205 @@
+"""MRML side of PromptReg without Qt: nodes ↔ files for the worker, and loading its results into the scene.
+
+Used by ``PromptRegLogic``; imports ``slicer`` only, so it runs (and is tested) on a headless MRML scene
+(the ``slicer-core`` package) as well as inside Slicer.
+
+Coordinates: prompts are world RAS positions, so the fixed volume is exported in world coordinates too
+(a linear parent transform goes into the file's geometry, a non-linear one is hardened into a copy). The
+moving volume is exported in its own coordinates: the result transform (fixed world → moving) becomes its
+parent transform, replacing any earlier one — the previous result included.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import slicer
+import vtk
+
+#: output roles, each one node reused from run to run
+OUTPUT_ROLES = ("fixed_segmentation", "moving_segmentation", "prompt_y", "transform", "warped")
+
+
+def _scene():
+    return slicer.mrmlScene
+
+
+def _write(node, storage_node, path: Path) -> Path:
+    storage_node.SetFileName(str(path))
+    if not storage_node.WriteData(node):
+        raise RuntimeError(f"could not write {node.GetName()} to {path}")
+    return path
+
+
+def write_volume(volume_node, path: Path) -> Path:
+    """A scalar volume as NRRD, in its own geometry (its parent transform, if any, is left out)."""
+    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+    storage.SetUseCompression(False)
+    return _write(volume_node, storage, Path(path))
+
+
+def _geometry_copy(volume_node):
+    """A scalar volume node (not in the scene) sharing ``volume_node``'s voxels and geometry."""
+    copy = slicer.vtkMRMLScalarVolumeNode()
+    copy.SetName(volume_node.GetName())
+    copy.SetAndObserveImageData(volume_node.GetImageData())
+    matrix = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASMatrix(matrix)
+    copy.SetIJKToRASMatrix(matrix)
+    return copy
+
+
+def write_volume_world(volume_node, path: Path) -> Path:
+    """A scalar volume as NRRD in world coordinates: a linear parent transform is folded into the geometry
+    (no resampling); a non-linear one is hardened into a temporary copy (resampled)."""
+    parent = volume_node.GetParentTransformNode()
+    if parent is None:
+        return write_volume(volume_node, path)
+    if parent.IsTransformToWorldLinear():
+        to_world, ijk_to_ras = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
+        parent.GetMatrixTransformToWorld(to_world)
+        volume_node.GetIJKToRASMatrix(ijk_to_ras)
+        world = vtk.vtkMatrix4x4()
+        vtk.vtkMatrix4x4.Multiply4x4(to_world, ijk_to_ras, world)
+        copy = _geometry_copy(volume_node)
+        copy.SetIJKToRASMatrix(world)
+        return write_volume(copy, path)
+    copy = _scene().AddNode(_geometry_copy(volume_node))
+    try:
+        copy.SetAndObserveTransformNodeID(parent.GetID())
+        harden(copy)
+        return write_volume(copy, path)
+    finally:
+        _scene().RemoveNode(copy)
+
+
+def prompt_positions_ras(markups_node) -> list[list[float]]:
+    """World RAS positions of a point list's defined control points (a parent transform included)."""
+    positions = []
+    for index in range(markups_node.GetNumberOfControlPoints()):
+        if markups_node.GetNthControlPointPositionStatus(index) != slicer.vtkMRMLMarkupsNode.PositionDefined:
+            continue
+        point = [0.0, 0.0, 0.0]
+        markups_node.GetNthControlPointPositionWorld(index, point)
+        positions.append(list(point))
+    return positions
+
+
+def roi_box_ras(roi_node) -> list[float]:
+    """Two opposite corners (world RAS) of an axis-aligned markups ROI."""
+    center, size = [0.0] * 3, [0.0] * 3
+    roi_node.GetCenterWorld(center)
+    roi_node.GetSizeWorld(size)
+    return [c - s / 2 for c, s in zip(center, size)] + [c + s / 2 for c, s in zip(center, size)]
+
+
+def build_request(fixed_node, moving_node, prompt_node, folder: Path, options: dict, roi_node=None) -> dict:
+    """Write the inputs into ``folder`` and return the worker request (see ``PromptRegLib.worker``)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    request = {"fixed": str(write_volume_world(fixed_node, folder / "fixed.nrrd")),
+               "moving": str(write_volume(moving_node, folder / "moving.nrrd")),
+               "prompts_ras": prompt_positions_ras(prompt_node) if prompt_node is not None else [],
+               "boxes_ras": [roi_box_ras(roi_node)] if roi_node is not None else []}
+    request.update({key: value for key, value in options.items() if value is not None})
+    return request
+
+
+def build_refit_request(pairs_from: Path, rejected: list[str], options: dict) -> dict:
+    """A refit of the run whose outputs lie in ``pairs_from``: from its written ROI pairs and its own input
+    files (the moving volume as it was exported then, never a hardened or re-transformed one)."""
+    request = {"request": "refit", "pairs_from": str(pairs_from), "reject_pairs": list(rejected)}
+    request.update({key: value for key, value in options.items() if value is not None})
+    return request
+
+
+def _read(node, storage_node, path: Path):
+    """Read a file into ``node`` (added to the scene if new); the node keeps no link to the (temporary) file."""
+    if node.GetScene() is None:
+        _scene().AddNode(node)
+    storage_node = _scene().AddNode(storage_node)
+    storage_node.SetFileName(str(path))
+    read = storage_node.ReadData(node)
+    _scene().RemoveNode(storage_node)
+    if not read:
+        raise RuntimeError(f"could not read {path}")
+    return node
+
+
+def load_volume(path: Path, name: str, node=None):
+    node = node or slicer.vtkMRMLScalarVolumeNode()
+    node.SetName(name)
+    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+    storage.SetSingleFile(True)  # never read neighbouring files as a series
+    _read(node, storage, path)
+    if node.GetDisplayNode() is None:
+        node.CreateDefaultDisplayNodes()
+    return node
+
+
+def load_segmentation(path: Path, name: str, reference_volume=None, node=None):
+    node = node or slicer.vtkMRMLSegmentationNode()
+    node.SetName(name)
+    _read(node, slicer.vtkMRMLSegmentationStorageNode(), path)
+    if reference_volume is not None:
+        node.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume)
+    if node.GetDisplayNode() is None:
+        node.CreateDefaultDisplayNodes()
+    return node
+
+
+def load_point_list(path: Path, name: str, node=None):
+    node = node or slicer.vtkMRMLMarkupsFiducialNode()
+    node.SetName(name)
+    node.RemoveAllControlPoints()
+    return _read(node, slicer.vtkMRMLMarkupsJsonStorageNode(), path)
+
+
+def load_transform(path: Path, name: str, node=None):
+    """The worker's ``transform.h5`` (ITK, LPS, fixed → moving): Slicer stores it as the FromParent transform."""
+    node = node or slicer.vtkMRMLGridTransformNode()
+    node.SetName(name)
+    return _read(node, slicer.vtkMRMLTransformStorageNode(), path)
+
+
+def segment_names_and_colors(segmentation_node) -> list[tuple[str, tuple[float, float, float]]]:
+    segmentation = segmentation_node.GetSegmentation()
+    return [(segmentation.GetNthSegment(i).GetName(), tuple(round(c, 4) for c in segmentation.GetNthSegment(i).GetColor()))
+            for i in range(segmentation.GetNumberOfSegments())]
+
+
+def harden(node) -> None:
+    """Apply the node's parent transform permanently (a volume under a grid transform is resampled)."""
+    slicer.vtkSlicerTransformLogic().hardenTransform(node)
+
+
+def load_results(result: dict, fixed_node, moving_node, outputs: dict | None = None, load_warped: bool = False) -> dict:
+    """Load a worker result into the scene, reusing the nodes in ``outputs`` (role → node, see
+    :data:`OUTPUT_ROLES`) and creating only the missing ones: paired segmentations, Prompt Y, the grid
+    transform the moving volume (with its segmentation and Prompt Y) observes, and on request the warped
+    moving volume on the fixed grid. Returns the nodes by role, and the report."""
+    folder = Path(result["output_dir"])
+    outputs = {role: node for role, node in (outputs or {}).items() if node is not None and node.GetScene() is not None}
+    nodes = {
+        "fixed_segmentation": load_segmentation(folder / "fixed_rois.seg.nrrd", f"{fixed_node.GetName()} ROIs",
+                                                fixed_node, outputs.get("fixed_segmentation")),
+        "moving_segmentation": load_segmentation(folder / "moving_rois.seg.nrrd", f"{moving_node.GetName()} ROIs",
+                                                 moving_node, outputs.get("moving_segmentation")),
+        "prompt_y": load_point_list(folder / "prompts_y.mrk.json", "Prompt Y", outputs.get("prompt_y")),
+    }
+    if (folder / "transform.h5").exists():
+        transform = load_transform(folder / "transform.h5", f"{moving_node.GetName()} → {fixed_node.GetName()}",
+                                   outputs.get("transform"))
+        for node in (moving_node, nodes["moving_segmentation"], nodes["prompt_y"]):
+            node.SetAndObserveTransformNodeID(transform.GetID())
+        nodes["transform"] = transform
+        if load_warped:
+            nodes["warped"] = load_volume(folder / "warped_moving.nrrd", f"{moving_node.GetName()} registered",
+                                          outputs.get("warped"))
+    nodes["report"] = json.loads((folder / "report.json").read_text())
+    return nodes
+
+
+def transform_point_fixed_to_moving(transform_node, point_ras) -> list[float]:
+    """Where a fixed-space RAS point samples the moving image (the FromParent direction)."""
+    return list(transform_node.GetTransformFromParent().TransformPoint(list(point_ras)))

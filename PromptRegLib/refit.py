@@ -1,0 +1,133 @@
+"""Refit the transform from a previous run's written ROI pairs: reject-and-refit without the model.
+
+Reads ``fixed_rois.seg.nrrd``, ``moving_rois.seg.nrrd`` and ``report.json`` of an output folder, keeps the
+pairs that passed the quality checks minus those the user rejects, fits the transform on them with
+:func:`PromptRegLib.fit.fit_transform` (weights: IoU X × IoU Y, as a registration weighs them), and writes a
+complete output folder — the ROI pairs and prompts copied, a new ``transform.h5``, ``affine.tfm``,
+``warped_moving.nrrd`` and ``report.json`` — all or nothing (:func:`PromptRegLib.outputs.staged_output`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputImageError, RegistrationError
+from .fit import FitOptions, fit_transform
+from .imageio import Image, read_image
+from .outputs import staged_output, warp_image, write_image, write_transform
+
+USER_REJECTED = "rejected by the user"
+#: files a refit takes over unchanged from the folder it refits
+COPIED = ("fixed_rois.seg.nrrd", "moving_rois.seg.nrrd", "prompts_x.mrk.json", "prompts_y.mrk.json")
+
+
+def read_report(folder: Path) -> dict:
+    try:
+        return json.loads((folder / "report.json").read_text())
+    except FileNotFoundError:
+        raise InputImageError(f"{folder} holds no report.json: refit needs the output folder of a registration "
+                              "or of a 'find corresponding regions' run.") from None
+
+
+def usable_pair_names(report: dict, reject_pairs) -> list[str]:
+    """Pairs that passed the quality checks (or that only the user had rejected), minus ``reject_pairs``."""
+    reject = set(reject_pairs)
+    return [p["name"] for p in report["pairs"]
+            if (p["accepted"] or p["rejected_because"] == USER_REJECTED) and p["name"] not in reject]
+
+
+def read_masks(path: Path, image: Image, names: list[str]) -> list[np.ndarray]:
+    """The named segments of a ``.seg.nrrd`` written on ``image``'s grid, as masks in numpy order."""
+    import slicerio
+
+    if not path.is_file():
+        raise InputImageError(f"{path} is missing: refit needs the ROI pairs of the run it refits.")
+    segmentation = slicerio.read_segmentation(str(path))
+    masks = []
+    for name in names:
+        try:
+            ijk_mask = slicerio.segment_mask(segmentation, name)
+        except (KeyError, ValueError):
+            raise InputImageError(f"{path} has no segment {name!r}; was it edited after the run?") from None
+        mask = np.transpose(ijk_mask)  # (i, j, k) → numpy (k, j, i)
+        if image.dimension == 2:
+            mask = mask[0]
+        if mask.shape != image.array.shape:
+            raise InputImageError(f"{path}: segment grid {mask.shape} differs from {image.source} "
+                                  f"{image.array.shape}; refit needs the images that run used.")
+        masks.append(mask)
+    return masks
+
+
+def _json_value(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def updated_pairs(pairs: list[dict], reject_pairs) -> list[dict]:
+    """The report's pairs with the user's rejections applied (and earlier ones lifted when not repeated)."""
+    reject = set(reject_pairs)
+    updated = []
+    for pair in pairs:
+        pair = dict(pair)
+        if pair["name"] in reject and (pair["accepted"] or pair["rejected_because"] == USER_REJECTED):
+            pair["accepted"], pair["rejected_because"] = False, USER_REJECTED
+        elif pair["rejected_because"] == USER_REJECTED:
+            pair["accepted"], pair["rejected_because"] = True, ""
+        updated.append(pair)
+    return updated
+
+
+def refit_from_outputs(pairs_from: str | os.PathLike, output_dir: str | os.PathLike, reject_pairs=(),
+                       fit_options: FitOptions | None = None, fixed: str | None = None, moving: str | None = None,
+                       progress=None, cancel=None) -> Path:
+    """Fit a new transform from the ROI pairs written in ``pairs_from`` and write ``output_dir``; returns it.
+
+    ``fixed``/``moving`` default to the images the earlier run read (``report.json``'s ``inputs``).
+    """
+    started = time.perf_counter()
+    previous = Path(pairs_from)
+    report = read_report(previous)
+    fit_options = fit_options or FitOptions()
+    names = usable_pair_names(report, reject_pairs)
+    if not names:
+        raise RegistrationError("no ROI pair left to fit once the rejected ones are removed; keep at least one "
+                                "pair, or register again with more prompts.")
+    fixed_image = read_image(fixed or report["inputs"]["fixed"])
+    moving_image = read_image(moving or report["inputs"]["moving"])
+    if progress:
+        progress("reading ROI pairs", 0.05)
+    fixed_masks = read_masks(previous / "fixed_rois.seg.nrrd", fixed_image, names)
+    moving_masks = read_masks(previous / "moving_rois.seg.nrrd", moving_image, names)
+    quality = {p["name"]: p for p in report["pairs"]}
+    weights = np.array([quality[n]["iou_x"] * quality[n]["iou_y"] for n in names])
+    if progress:
+        progress("fitting transform", 0.1)
+    transform = fit_transform(fixed_image, moving_image, fixed_masks, moving_masks, weights, fit_options,
+                              cancel=cancel)
+    if progress:
+        progress("writing outputs", 0.9)
+    report.update(inputs={"fixed": fixed_image.source, "moving": moving_image.source},
+                  pairs=updated_pairs(report["pairs"], reject_pairs), fit=transform.report,
+                  fit_options=asdict(fit_options),
+                  refit={"from": str(previous), "pairs_used": names, "device": "cpu",
+                         "seconds": time.perf_counter() - started})
+    with staged_output(output_dir, [fixed_image.source, moving_image.source]) as staging:
+        for name in COPIED:
+            if (previous / name).exists():
+                shutil.copy2(previous / name, staging / name)
+        sitk_transform = transform.to_sitk()
+        write_transform(staging / "transform.h5", sitk_transform)
+        write_transform(staging / "affine.tfm", transform.affine_sitk())
+        write_image(staging / "warped_moving.nrrd", warp_image(moving_image, fixed_image, sitk_transform))
+        (staging / "report.json").write_text(json.dumps(report, indent=2, default=_json_value))
+    return Path(output_dir)
