@@ -6,28 +6,28 @@ from pathlib import Path
 import numpy as np
 
 
-def _slice(array: np.ndarray, axis: int | None, index: int) -> np.ndarray:
-    return array if axis is None else np.take(array, index, axis=axis)
-
-
-def draw_pairs(path: Path, result, warped_moving: np.ndarray | None) -> None:
-    """Fixed with ROI X, moving with ROI Y, warped moving with ROI X: on the first accepted pair's seed slice."""
+def draw_pairs(path: Path, result, warped_moving=None) -> None:
+    """Fixed with ROI X, moving with ROI Y, warped moving with ROI X: on the first accepted pair's seed slice of
+    each view (the slices the model saw, in their canonical orientation). ``warped_moving``: a SimpleITK image on
+    the fixed grid."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     from .outputs import segment_color
+    from .views.grid import resample_onto
 
-    fixed_stack, moving_stack = result.fixed_stack, result.moving_stack
+    fixed_view, moving_view = result.fixed_view, result.moving_view
     pairs = result.accepted_pairs or result.pairs
-    k_fixed = pairs[0].roi_x.seed_slice if pairs else fixed_stack.shape[0] // 2
-    k_moving = pairs[0].roi_y.seed_slice if pairs else moving_stack.shape[0] // 2
-    panels = [("fixed + ROI X", fixed_stack.slices01[k_fixed], [(p, p.roi_x.mask[k_fixed]) for p in pairs]),
-              ("moving + ROI Y", moving_stack.slices01[k_moving], [(p, p.roi_y.mask[k_moving]) for p in pairs])]
+    k_fixed = pairs[0].roi_x.seed_slice if pairs else fixed_view.shape[0] // 2
+    k_moving = pairs[0].roi_y.seed_slice if pairs else moving_view.shape[0] // 2
+    panels = [("fixed + ROI X", fixed_view.intensities01[k_fixed], [(p, p.roi_x.mask[k_fixed]) for p in pairs]),
+              ("moving + ROI Y", moving_view.intensities01[k_moving], [(p, p.roi_y.mask[k_moving]) for p in pairs])]
     if warped_moving is not None:
-        low, high = fixed_stack.window
-        warped = np.clip((fixed_stack.image_to_stack_array(warped_moving)[k_fixed] - low) / (high - low), 0, 1)
-        panels.append(("registered moving + ROI X", warped, [(p, p.roi_x.mask[k_fixed]) for p in pairs]))
+        low, high = fixed_view.window
+        warped = resample_onto(warped_moving, fixed_view.grid, low, antialias=False)
+        warped = np.clip((warped - low) / (high - low), 0, 1).reshape(fixed_view.shape)
+        panels.append(("registered moving + ROI X", warped[k_fixed], [(p, p.roi_x.mask[k_fixed]) for p in pairs]))
     figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 5))
     for axis, (title, picture, contours) in zip(np.atleast_1d(axes), panels):
         axis.imshow(picture, cmap="gray", vmin=0, vmax=1)

@@ -1,7 +1,12 @@
 """Paired ROIs → a dense transform mapping fixed points to moving points (LPS mm).
 
+Every mask comes with its own geometry (an :class:`~PromptRegLib.imageio.Image`: a view's working grid, or the
+image's own grid), and every correspondence is physical: centroids and the corners of each region's bounding box
+along the LPS axes, never points matched by array index.
+
 Stages (all in physical units, spacing- and direction-aware):
-1. closed-form affine: weighted ridge least squares between ROI centroids and box corners;
+1. closed-form affine: weighted ridge least squares between ROI centroids and LPS box corners (one pair gives a
+   shift only; a rotation beyond ``max_rotation_deg`` is kept only when the centroids demand it);
 2. affine refinement on the mean per-pair soft Dice;
 3. deformable: a displacement on a coarse control grid (upsampled linearly to the image), optimised with
    Adam on (1 − mean per-pair soft Dice) + λ·bending energy, coarse to fine, stopping on convergence.
@@ -29,6 +34,7 @@ class FitOptions:
     tolerance: float = 1e-4                 # stop when the loss improves less than this over 20 iterations
     working_voxels: int = 150_000           # fixed grid is downsampled to about this many voxels
     learning_rate_mm: float = 1.0
+    max_rotation_deg: float = 30.0          # larger rotations only when the pairs' centroids demand them
 
 
 @dataclass
@@ -50,12 +56,39 @@ class FittedTransform:
                 -1, reference.dimension)
         return (moved - points).reshape(*reference.array.shape, reference.dimension)
 
+    def control_grid(self) -> tuple[sitk.Image, np.ndarray]:
+        """The control grid's geometry (one control point beyond the fixed domain on each side) and the total
+        displacement at its points, (*grid, d) numpy order, LPS mm."""
+        reference = self.fixed_reference
+        dimension = reference.dimension
+        size = np.array(reference.size, dtype=float)
+        grid = np.array(self.control_displacement.shape[1:][::-1]) if self.control_displacement is not None \
+            else np.full(dimension, 2)
+        step_index = np.where(size > 1, (size - 1) / np.maximum(grid - 1, 1), 1.0)  # fixed index units per step
+        padded = grid + 2
+        index_axes = [(np.arange(n) - 1) * h for n, h in zip(padded, step_index)]  # ITK order
+        mesh = np.stack(np.meshgrid(*index_axes[::-1], indexing="ij"), axis=-1)[..., ::-1]  # numpy order grid
+        points = reference.index_to_lps(mesh.reshape(-1, dimension))
+        displacement = points @ self.affine_matrix.T + self.affine_offset - points
+        if self.control_displacement is not None:
+            inner = self.control_displacement.movedim(0, -1).numpy()
+            edge = np.pad(inner, [(1, 1)] * dimension + [(0, 0)], mode="edge")  # nearest inner point outside
+            displacement = displacement + edge.reshape(-1, dimension)
+        image = sitk.GetImageFromArray(displacement.reshape(*padded[::-1], dimension).astype(np.float64),
+                                       isVector=True)
+        image.SetOrigin(reference.index_to_lps(-step_index[None])[0].tolist())
+        image.SetSpacing((step_index * reference.spacing).tolist())
+        image.SetDirection(reference.direction.ravel().tolist())
+        return tidy_direction(image), displacement
+
     def to_sitk(self) -> sitk.Transform:
-        """A SimpleITK DisplacementFieldTransform on the fixed grid (fixed → moving, LPS)."""
-        displacement = self.displacement_on(self.fixed_reference)
-        field_image = sitk.GetImageFromArray(displacement.astype(np.float64), isVector=True)
-        field_image.CopyInformation(self.fixed_reference.sitk_image)
-        return sitk.DisplacementFieldTransform(tidy_direction(field_image))
+        """The whole transform, fixed → moving (LPS), as compact as it is exact: the affine alone, or a
+        displacement field on the control grid (linear interpolation between control points reproduces the
+        affine exactly and the deformation as fitted), never a field on the full fixed grid."""
+        if self.control_displacement is None:
+            return self.affine_sitk()
+        field_image, _ = self.control_grid()
+        return sitk.DisplacementFieldTransform(field_image)
 
     def affine_sitk(self) -> sitk.AffineTransform:
         dimension = len(self.affine_offset)
@@ -98,17 +131,22 @@ def working_reference(fixed: Image, voxels: int) -> Image:
     return Image(reference, fixed.source)
 
 
-def soft_mask(mask: np.ndarray, image: Image) -> np.ndarray:
-    """A binary mask (numpy order) blurred by a Gaussian of one voxel spacing along each axis."""
-    mask_image = sitk.GetImageFromArray(mask.astype(np.float32))
-    mask_image.CopyInformation(image.sitk_image)
-    return sitk.GetArrayFromImage(sitk.SmoothingRecursiveGaussian(mask_image, image.spacing.tolist()))
+def as_mask_image(mask: np.ndarray | Image, domain: Image) -> Image:
+    """A mask with its geometry: an :class:`Image` as given, or a numpy mask on ``domain``'s grid."""
+    if isinstance(mask, Image):
+        return Image(sitk.Cast(mask.sitk_image, sitk.sitkFloat32), mask.source)
+    return domain.with_array(np.asarray(mask, dtype=np.float32))
 
 
-def resample_mask(mask: np.ndarray, source: Image, reference: Image) -> np.ndarray:
-    """A (soft) mask on ``source``'s grid, resampled linearly on ``reference``'s grid."""
-    image = sitk.GetImageFromArray(mask.astype(np.float32))
-    image.CopyInformation(source.sitk_image)
+def soft_mask(mask: Image) -> np.ndarray:
+    """A mask blurred by a Gaussian of one voxel spacing along each axis (numpy order, float32)."""
+    sigma = [float(s) if n > 1 else 1e-3 for s, n in zip(mask.spacing, mask.size)]
+    return sitk.GetArrayFromImage(sitk.SmoothingRecursiveGaussian(mask.sitk_image, sigma))
+
+
+def resample_onto(values: np.ndarray, source: Image, reference: Image) -> np.ndarray:
+    """Values on ``source``'s grid, resampled linearly on ``reference``'s grid (0 outside)."""
+    image = source.with_array(values.astype(np.float32)).sitk_image
     return sitk.GetArrayFromImage(sitk.Resample(image, reference.sitk_image, sitk.Transform(), sitk.sitkLinear, 0.0))
 
 
@@ -128,35 +166,66 @@ def closed_form_affine(fixed_points: np.ndarray, moving_points: np.ndarray, weig
     return matrix, moving_mean - matrix @ fixed_mean
 
 
-def plausible_affine(matrix: np.ndarray, scale_range: tuple[float, float] = (0.67, 1.5)) -> bool:
-    """No reflection, and every principal scale within ``scale_range`` (anatomy is not squashed or mirrored)."""
+def rotation_angle_deg(matrix: np.ndarray) -> float:
+    """The angle of the rotation in an affine's polar decomposition (degrees)."""
+    u, _, vt = np.linalg.svd(matrix)
+    rotation = u @ vt
+    if len(rotation) == 2:
+        return float(np.degrees(abs(np.arctan2(rotation[1, 0], rotation[0, 0]))))
+    return float(np.degrees(np.arccos(np.clip((np.trace(rotation) - 1) / 2, -1.0, 1.0))))
+
+
+def plausible_affine(matrix: np.ndarray, scale_range: tuple[float, float] = (0.67, 1.5),
+                     max_rotation_deg: float = 180.0) -> bool:
+    """No reflection, every principal scale within ``scale_range`` (anatomy is not squashed or mirrored), and
+    a rotation of at most ``max_rotation_deg``."""
     scales = np.linalg.svd(matrix, compute_uv=False)
-    return bool(np.linalg.det(matrix) > 0 and scales.min() >= scale_range[0] and scales.max() <= scale_range[1])
+    return bool(np.linalg.det(matrix) > 0 and scales.min() >= scale_range[0] and scales.max() <= scale_range[1]
+                and rotation_angle_deg(matrix) <= max_rotation_deg)
 
 
-def box_corner_points(image: Image, mask: np.ndarray) -> np.ndarray:
-    """Physical centroid and bounding-box corners of a mask (numpy order), (1 + 2^d, d)."""
-    index = np.argwhere(mask)
-    low, high = index.min(0), index.max(0)
-    corners = np.array(np.meshgrid(*[[l, h] for l, h in zip(low, high)], indexing="ij")).reshape(len(low), -1).T
-    points = np.vstack([index.mean(0), corners])
-    return image.index_to_lps(points[:, ::-1])
+def rotation_demanded(fixed_centroids: np.ndarray, moving_centroids: np.ndarray, weights: np.ndarray,
+                      matrix: np.ndarray, offset: np.ndarray) -> bool:
+    """Whether the pairs' centroids need the rotation: at least d + 1 pairs, and the affine explains them with
+    less than half the residual of the best shift."""
+    if len(fixed_centroids) <= fixed_centroids.shape[1]:
+        return False
+    w = weights / weights.sum()
+    shift = (w[:, None] * (moving_centroids - fixed_centroids)).sum(0)
+    shift_residual = (w * ((fixed_centroids + shift - moving_centroids) ** 2).sum(1)).sum()
+    affine_residual = (w * ((fixed_centroids @ matrix.T + offset - moving_centroids) ** 2).sum(1)).sum()
+    return bool(affine_residual < 0.25 * shift_residual)
+
+
+def box_corner_points(mask: Image) -> np.ndarray:
+    """Physical centroid and the corners of the mask's bounding box along the LPS axes, (1 + 2^d, d).
+
+    Corner n is the same physical corner in any image, however it is stored (min/max per LPS axis)."""
+    points = mask.index_to_lps(np.argwhere(np.asarray(mask.array) > 0.5)[:, ::-1].astype(float))
+    low, high = points.min(0), points.max(0)
+    corners = np.array(np.meshgrid(*zip(low, high), indexing="ij")).reshape(len(low), -1).T
+    return np.vstack([points.mean(0), corners])
 
 
 class _PairLoss:
-    """Mean per-pair soft Dice between fixed masks and moving masks sampled through φ."""
+    """Mean per-pair soft Dice between fixed masks and moving masks sampled through φ.
 
-    def __init__(self, fixed: Image, moving: Image, fixed_masks: list[np.ndarray], moving_masks: list[np.ndarray],
-                 weights: np.ndarray, reference: Image):
+    Fixed masks may lie on any grids; they are resampled on the working ``reference``. Moving masks share one
+    grid and are sampled there through φ."""
+
+    def __init__(self, fixed_masks: list[Image], moving_masks: list[Image], weights: np.ndarray, reference: Image):
         self.reference = reference
-        self.dimension = fixed.dimension
+        self.dimension = reference.dimension
         self.points = torch.as_tensor(grid_points_lps(reference), dtype=torch.float32)
         # Masks blurred by one voxel along each axis: gradients beyond the boundary, and a Dice that varies
         # smoothly with sub-voxel shifts (binary masks sampled linearly snap to whole slices).
-        self.fixed_soft = torch.as_tensor(np.stack([resample_mask(soft_mask(m, fixed), fixed, reference)
-                                                    for m in fixed_masks]), dtype=torch.float32).reshape(len(fixed_masks), -1)
-        self.moving_soft = torch.as_tensor(np.stack([soft_mask(m, moving) for m in moving_masks]),
-                                           dtype=torch.float32)[None]
+        self.fixed_soft = torch.as_tensor(np.stack([resample_onto(soft_mask(m), m, reference) for m in fixed_masks]),
+                                          dtype=torch.float32).reshape(len(fixed_masks), -1)
+        moving = moving_masks[0]
+        if any(m.size != moving.size or not np.allclose(m.index_to_lps_matrix, moving.index_to_lps_matrix)
+               for m in moving_masks):
+            raise ValueError("moving masks must share one grid")
+        self.moving_soft = torch.as_tensor(np.stack([soft_mask(m) for m in moving_masks]), dtype=torch.float32)[None]
         inverse = np.linalg.inv(moving.direction @ np.diag(moving.spacing))
         size = np.array(moving.size, dtype=float)
         # LPS → normalised grid_sample coordinates (x, y, z order = ITK index order)
@@ -208,25 +277,47 @@ def _optimise(parameters, closure, options: FitOptions, cancel) -> tuple[int, fl
     return len(history), history[-1]
 
 
-def fit_transform(fixed: Image, moving: Image, fixed_masks: list[np.ndarray], moving_masks: list[np.ndarray],
-                  weights: np.ndarray | None = None, options: FitOptions | None = None,
-                  cancel=None) -> FittedTransform:
-    """Fit the transform mapping fixed points to moving points so each moving ROI lands on its fixed ROI."""
+def initial_affine(fixed_masks: list[Image], moving_masks: list[Image], weights: np.ndarray,
+                   max_rotation_deg: float = 30.0) -> tuple[np.ndarray, np.ndarray, str]:
+    """Closed-form affine from physical centroids and LPS box corners, and how it was settled.
+
+    One pair gives a shift. A mirror, a squash or a rotation beyond ``max_rotation_deg`` that the centroids do
+    not demand means inconsistent pairs: the weighted mean shift is kept instead."""
+    fixed_points = [box_corner_points(m) for m in fixed_masks]
+    moving_points = [box_corner_points(m) for m in moving_masks]
+    dimension = fixed_points[0].shape[1]
+    shift = np.average(np.array([m[0] - f[0] for f, m in zip(fixed_points, moving_points)]), axis=0, weights=weights)
+    if len(fixed_masks) == 1:
+        return np.eye(dimension), shift, "shift (one pair)"
+    stacked_fixed, stacked_moving = np.vstack(fixed_points), np.vstack(moving_points)
+    point_weights = np.repeat(weights, len(fixed_points[0]))
+    matrix, offset = closed_form_affine(stacked_fixed, stacked_moving, point_weights)
+    if not plausible_affine(matrix):
+        return np.eye(dimension), shift, "shift (affine implausible)"
+    if rotation_angle_deg(matrix) > max_rotation_deg and not rotation_demanded(
+            np.array([f[0] for f in fixed_points]), np.array([m[0] for m in moving_points]), weights, matrix, offset):
+        return np.eye(dimension), shift, "shift (rotation not demanded by the pairs)"
+    return matrix, offset, "affine"
+
+
+def fit_transform(fixed: Image, moving: Image, fixed_masks: list[np.ndarray | Image],
+                  moving_masks: list[np.ndarray | Image], weights: np.ndarray | None = None,
+                  options: FitOptions | None = None, cancel=None) -> FittedTransform:
+    """Fit the transform mapping fixed points to moving points so each moving ROI lands on its fixed ROI.
+
+    ``fixed`` gives the domain the transform is defined on (the fixed image's grid); masks are Images with their
+    own geometry, or numpy masks on ``fixed``'s / ``moving``'s grid."""
     options = options or FitOptions()
     weights = np.ones(len(fixed_masks)) if weights is None else np.asarray(weights, dtype=float)
-    fixed_points = np.vstack([box_corner_points(fixed, m) for m in fixed_masks])
-    moving_points = np.vstack([box_corner_points(moving, m) for m in moving_masks])
-    point_weights = np.repeat(weights, len(fixed_points) // len(fixed_masks))
-    matrix, offset = closed_form_affine(fixed_points, moving_points, point_weights)
-    if not plausible_affine(matrix):  # a mirror or collapse means inconsistent pairs: keep only the shift
-        matrix = np.eye(fixed.dimension)
-        offset = np.average(moving_points - fixed_points, axis=0, weights=point_weights)
+    fixed_masks = [as_mask_image(m, fixed) for m in fixed_masks]
+    moving_masks = [as_mask_image(m, moving) for m in moving_masks]
+    matrix, offset, how = initial_affine(fixed_masks, moving_masks, weights, options.max_rotation_deg)
     initial_matrix, initial_offset = matrix, offset
 
     reference = working_reference(fixed, options.working_voxels)
-    pair_loss = _PairLoss(fixed, moving, fixed_masks, moving_masks, weights, reference)
+    pair_loss = _PairLoss(fixed_masks, moving_masks, weights, reference)
     points = pair_loss.points
-    report = {"dice_identity": pair_loss.dice(points).tolist()}
+    report = {"dice_identity": pair_loss.dice(points).tolist(), "initial_affine": how}
     matrix_t = torch.tensor(matrix, dtype=torch.float32)
     offset_t = torch.tensor(offset, dtype=torch.float32)
     report["dice_closed_form"] = pair_loss.dice(points @ matrix_t.T + offset_t).tolist()
@@ -242,7 +333,9 @@ def fit_transform(fixed: Image, moving: Image, fixed_masks: list[np.ndarray], mo
     iterations, _ = _optimise([matrix_step, shift], lambda: pair_loss.loss(affine(points)), options, cancel)
     matrix = (matrix_t + matrix_step / extent).detach().numpy().astype(float)
     offset = (affine(torch.zeros(1, fixed.dimension))[0]).detach().numpy().astype(float)
-    if not plausible_affine(matrix):  # Dice alone can squash space onto one pair: refuse, keep the start
+    if len(fixed_masks) == 1 or not plausible_affine(matrix, max_rotation_deg=max(
+            options.max_rotation_deg, rotation_angle_deg(initial_matrix) + 5.0)):
+        # one pair fixes no rotation or scale; Dice alone can squash space onto one pair: keep the start
         matrix, offset = initial_matrix, initial_offset
         report["affine_refinement_refused"] = True
     affine_points = torch.as_tensor(grid_points_lps(reference) @ matrix.T + offset, dtype=torch.float32)
@@ -274,9 +367,14 @@ def fit_transform(fixed: Image, moving: Image, fixed_masks: list[np.ndarray], mo
     return FittedTransform(matrix, offset, control, fixed, report)
 
 
-def jacobian_determinant(transform: FittedTransform) -> np.ndarray:
-    """det(∂φ/∂x) on the fixed grid (numpy order); ≤ 0 means folding."""
-    reference = transform.fixed_reference
+#: the Jacobian determinant is evaluated on the fixed domain resampled to about this many voxels
+JACOBIAN_VOXELS = 1_000_000
+
+
+def jacobian_determinant(transform: FittedTransform, voxels: int = JACOBIAN_VOXELS) -> np.ndarray:
+    """det(∂φ/∂x) of the transform itself on the fixed domain at about ``voxels`` voxels (the fixed grid when it
+    is smaller; numpy order); ≤ 0 means folding."""
+    reference = working_reference(transform.fixed_reference, voxels)
     displacement = transform.displacement_on(reference)
     dimension = reference.dimension
     index_to_physical = reference.direction @ np.diag(reference.spacing)

@@ -128,6 +128,29 @@ def tidy_direction(image: sitk.Image) -> sitk.Image:
     return tidied
 
 
+def single_slice_to_2d(image: sitk.Image, path: str) -> sitk.Image:
+    """A one-slice 3D volume (what Slicer exports for a 2D image) as a 2D image with its true in-plane geometry.
+
+    The slice must be axial (its normal along S): its in-plane axes then keep their directions, signs included
+    (the in-plane rows of the direction matrix, as ``DIRECTIONCOLLAPSETOSUBMATRIX`` keeps them, also when the
+    thin axis is not the last). A coronal or sagittal single slice is refused with a clear message.
+    """
+    size = list(image.GetSize())
+    thin = size.index(1) if size[2] != 1 else 2
+    direction = np.array(image.GetDirection(), dtype=float).reshape(3, 3)
+    in_plane = [a for a in range(3) if a != thin]
+    if abs(direction[2, thin]) < 0.999 or np.abs(direction[2, in_plane]).max() > 1e-3:
+        raise InputImageError(f"{path}: a single {'coronal' if abs(direction[1, thin]) > 0.7 else 'oblique or sagittal'}"
+                              " slice; PromptReg registers 2D images as axial slices. Give a 3D volume, or the slice "
+                              "as a 2D image (PNG, TIFF, 2D NRRD).")
+    array = sitk.GetArrayFromImage(image)
+    flat = sitk.GetImageFromArray(np.take(array, 0, axis=2 - thin), isVector=image.GetNumberOfComponentsPerPixel() > 1)
+    flat.SetOrigin(list(image.GetOrigin())[:2])
+    flat.SetSpacing([image.GetSpacing()[a] for a in in_plane])
+    flat.SetDirection(direction[:2][:, in_plane].ravel().tolist())
+    return flat
+
+
 def read_image(path: str | os.PathLike, max_voxels: int | None = None) -> Image:
     """Read a 2D or 3D image (NRRD, NIfTI, MHA, PNG, JPEG, TIFF, ...) and check it is usable.
 
@@ -155,8 +178,8 @@ def read_image(path: str | os.PathLike, max_voxels: int | None = None) -> Image:
         raise InputImageError(f"{path}: cannot be read as an image ({first_line}).") from None
     if image.GetDimension() == 4:
         image = image[:, :, :, 0]
-    if image.GetDimension() == 3 and image.GetSize()[2] == 1:
-        image = image[:, :, 0]
+    if image.GetDimension() == 3 and 1 in image.GetSize():
+        image = single_slice_to_2d(image, path)
     image = tidy_direction(_to_scalar(image, path))
     return validate_image(Image(image, path))
 

@@ -181,9 +181,8 @@ def write_registration(result, output_dir: str | os.PathLike, figure: bool = Tru
             transform = result.transform.to_sitk()
             write_transform(staging / "transform.h5", transform)
             write_transform(staging / "affine.tfm", result.transform.affine_sitk())
-            warped_image = warp_image(moving, fixed, transform)
-            write_image(staging / "warped_moving.nrrd", warped_image)
-            warped = sitk.GetArrayFromImage(warped_image)
+            warped = warp_image(moving, fixed, transform)
+            write_image(staging / "warped_moving.nrrd", warped)
         report = dict(result.report)
         report["inputs"] = {"fixed": fixed.source, "moving": moving.source}
         report["pairs"] = [{"name": p.name, "source": p.source, "accepted": p.accepted,

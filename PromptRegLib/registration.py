@@ -13,9 +13,9 @@ from .imageio import Image, ras_to_lps, read_image, require_same_dimension, tidy
 from .metrics import folding_fraction
 from .models import load_model
 from .models.cache import EmbeddingCache
-from .native3d import find_native_pairs
-from .pairs import PairOptions, ROIPair, find_pairs, initial_prior
-from .volume import SliceStack
+from .prompting.pairs import PairOptions, ROIPair, find_pairs, initial_prior
+from .views import SliceOptions, View, make_views
+from .views.grid import AXIS_NAMES
 
 MAX_PROMPTS = 64
 
@@ -24,8 +24,8 @@ MAX_PROMPTS = 64
 class RegistrationResult:
     fixed_image: Image
     moving_image: Image
-    fixed_stack: SliceStack
-    moving_stack: SliceStack
+    fixed_view: View
+    moving_view: View
     pairs: list[ROIPair]
     transform: FittedTransform | None
     report: dict = field(default_factory=dict)
@@ -35,10 +35,12 @@ class RegistrationResult:
         return [p for p in self.pairs if p.accepted]
 
     def fixed_mask(self, pair: ROIPair) -> np.ndarray:
-        return self.fixed_stack.stack_to_image_array(pair.roi_x.mask)
+        """ROI X on the fixed image's own grid (numpy order)."""
+        return self.fixed_view.to_image_mask(pair.roi_x.mask)
 
     def moving_mask(self, pair: ROIPair) -> np.ndarray:
-        return self.moving_stack.stack_to_image_array(pair.roi_y.mask)
+        """ROI Y on the moving image's own grid (numpy order)."""
+        return self.moving_view.to_image_mask(pair.roi_y.mask)
 
 
 def _as_image(image: Image | str | Path) -> Image:
@@ -61,7 +63,7 @@ def register(fixed: Image | str | Path, moving: Image | str | Path, prompts_ras=
              model: str = "litemedsam", checkpoint: str | None = None, device: str = "auto",
              pair_options: PairOptions | None = None, fit_options: FitOptions | None = None,
              pairs_only: bool = False, cache: EmbeddingCache | None = None, progress=None, cancel=None,
-             reject_pairs=(), ) -> RegistrationResult:
+             reject_pairs=(), slice_options: SliceOptions | None = None) -> RegistrationResult:
     """Register ``moving`` to ``fixed`` from corresponding ROIs.
 
     ``prompts_ras``: clicks on the fixed image (RAS mm); ``boxes_ras``: boxes as two opposite RAS corners.
@@ -85,45 +87,27 @@ def register(fixed: Image | str | Path, moving: Image | str | Path, prompts_ras=
 
     report("loading model", 0.0)
     segmenter = load_model(model, checkpoint, device, cache)
-    native_3d = getattr(segmenter, "native_3d", False)
-    if native_3d and fixed_image.dimension != 3:
-        raise InputImageError(f"{segmenter.name} is a 3D model; {fixed_image.source} is 2D — use litemedsam or a "
-                              "SAM variant for 2D pairs.")
-    # a native-3D model encodes cubes on demand; the stacks then only carry geometry and ROI masks
-    slice_model = None if native_3d else segmenter
-    fixed_stack, moving_stack = SliceStack(fixed_image, slice_model), SliceStack(moving_image, slice_model)
+    fixed_view, moving_view = make_views(segmenter, fixed_image, moving_image, slice_options, cancel)
     timings["load"] = time.perf_counter() - started
 
     mark = time.perf_counter()
-    if not native_3d:
-        report("encoding images", 0.05)
-        for offset, stack in ((0.05, fixed_stack), (0.25, moving_stack)):
-            for start in range(0, stack.shape[0], 4):
-                if cancel and cancel():
-                    raise Cancelled("registration cancelled")
-                report("encoding images", offset + 0.2 * start / stack.shape[0])
-                stack.embeddings(range(start, min(start + 4, stack.shape[0])))
-    timings["encode"] = time.perf_counter() - mark
-
-    mark = time.perf_counter()
-    prior = initial_prior(fixed_stack, moving_stack)
-    pair_progress = lambda stage, f: report(stage, 0.45 + 0.35 * f)  # noqa: E731
-    if native_3d:
-        pairs = find_native_pairs(segmenter, fixed_stack, moving_stack, points_lps, boxes_lps, prior, pair_options,
-                                  pair_progress, cancel)
-    else:
-        pairs = find_pairs(fixed_stack, moving_stack, points_lps, boxes_lps, prior, pair_options, pair_progress,
-                           cancel)
+    prior = initial_prior(fixed_view, moving_view)
+    pair_progress = lambda stage, f: report(stage, 0.05 + 0.75 * f)  # noqa: E731
+    pairs = find_pairs(fixed_view, moving_view, points_lps, boxes_lps, prior, pair_options, pair_progress, cancel)
     timings["pairs"] = time.perf_counter() - mark
     for pair in pairs:
         if pair.name in reject_pairs:
             pair.accepted, pair.rejected_because = False, "rejected by the user"
-    result = RegistrationResult(fixed_image, moving_image, fixed_stack, moving_stack, pairs, None)
+    result = RegistrationResult(fixed_image, moving_image, fixed_view, moving_view, pairs, None)
+    axis = getattr(fixed_view, "axis_lps", None)
     result.report = {"model": segmenter.name, "device": str(segmenter.device),
                      "pair_options": pair_options.as_dict(), "fit_options": asdict(fit_options),
-                     "slicing_axis": {"fixed": fixed_stack.axis, "moving": moving_stack.axis},
-                     "native_3d": native_3d,
-                     "intensity_window": {"fixed": fixed_stack.window, "moving": moving_stack.window},
+                     "working_grid": {name: _describe(view) for name, view in (("fixed", fixed_view),
+                                                                                ("moving", moving_view))},
+                     "slicing_axis": AXIS_NAMES.get(axis) if fixed_image.dimension == 3 and axis is not None else None,
+                     "native_3d": bool(getattr(segmenter, "native_3d", False)),
+                     "encoded": {"fixed": fixed_view.encoded, "moving": moving_view.encoded},
+                     "intensity_window": {"fixed": fixed_view.window, "moving": moving_view.window},
                      "embedding_cache": {"hits": segmenter.cache.hits, "misses": segmenter.cache.misses},
                      "timings_s": timings}
     if pairs_only:
@@ -131,6 +115,12 @@ def register(fixed: Image | str | Path, moving: Image | str | Path, prompts_ras=
     refit_transform(result, fit_options, progress=report, cancel=cancel)
     timings["total"] = time.perf_counter() - started
     return result
+
+
+def _describe(view: View) -> dict:
+    """The working grid a view saw its image on, for the report."""
+    return {"size": list(view.grid.size), "spacing_mm": [round(float(v), 4) for v in view.grid.spacing],
+            "direction": np.round(view.grid.direction, 6).tolist()}
 
 
 def refit_transform(result: RegistrationResult, fit_options: FitOptions | None = None, progress=None,
@@ -146,7 +136,8 @@ def refit_transform(result: RegistrationResult, fit_options: FitOptions | None =
         progress("fitting transform", 0.8)
     mark = time.perf_counter()
     weights = np.array([p.quality["iou_x"] * p.quality["iou_y"] for p in accepted])
-    fixed_masks, moving_masks = [result.fixed_mask(p) for p in accepted], [result.moving_mask(p) for p in accepted]
+    fixed_masks = [result.fixed_view.mask_image(p.roi_x.mask) for p in accepted]
+    moving_masks = [result.moving_view.mask_image(p.roi_y.mask) for p in accepted]
     options = replace(fit_options)
     # A folding field explains disagreeing ROIs, not anatomy: stiffen it, and at last keep the affine stage.
     for attempt in range(max_stiffening + 1):

@@ -1,9 +1,9 @@
-"""Marginalisation: many ROI pairs from user prompts, sampled prompts and small spatial warps.
+"""Marginalisation: many ROI pairs from user prompts, sampled prompts and small spatial warps, for any view.
 
 * prompt space — besides the user's clicks, clicks are sampled over the fixed image's foreground
-  (farthest-point sampling, so they spread out); a sample inside an ROI already held is skipped;
-* spatial space — the fixed slice is warped by small random affines W, segmented again with W(prompt),
-  and mapped back with W⁻¹; an ROI X that changes much across warps is unstable and dropped;
+  (farthest-point sampling in millimetres, so they spread out); a sample inside an ROI already held is skipped;
+* spatial space — where the view supports it, the seed slice is warped by small random affines W, segmented
+  again with W(prompt) and mapped back with W⁻¹; an ROI X that changes much across warps is unstable;
 * quality gates on every pair, then near-duplicates (high overlap in both images) merged, at most K kept.
 """
 from __future__ import annotations
@@ -11,12 +11,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from .inverse import AffinePrior, InverseOptions, centroid_lps, inverse_prompt, stack_points_lps
-from .segment import ROI, dice, mask_box, segment_boxes, segment_points
-from .volume import SliceStack
+from ..errors import Cancelled
+from ..views.base import ROI, View
+from ..views.regions import dice
+from .inverse import AffinePrior, InverseOptions, inverse_prompt
 
 
 @dataclass
@@ -25,10 +24,10 @@ class PairOptions:
     warps: int | None = None            # spatial perturbations per ROI (None: 2 for 2D, 0 for 3D — see docs)
     warp_rotation_deg: float = 5.0
     warp_scale: float = 0.05
-    warp_shift_px: float = 3.0
+    warp_shift_mm: float = 9.0
     min_warp_stability: float = 0.8     # mean Dice of ROI X across warps
     min_iou: float = 0.75               # predicted IoU of ROI Y
-    min_prototype_cosine: float = 0.6     # same-modality pairs score > 0.9; CT↔MR about 0.6–0.8
+    min_prototype_cosine: float = 0.6   # same-modality pairs score > 0.9; CT↔MR about 0.6–0.8
     size_ratio_range: tuple[float, float] = (0.75, 1.33)
     duplicate_dice: float = 0.8
     max_pairs: int = 24
@@ -52,81 +51,31 @@ class ROIPair:
     rejected_because: str = ""
 
 
-def foreground_mask(stack: SliceStack) -> np.ndarray:
-    """Voxels brighter than the image's mean in [0, 1] window units, slightly eroded — where anatomy is."""
-    return stack.slices01 > max(0.1, float(stack.slices01.mean()) * 0.5)
+def foreground_mask(view: View) -> np.ndarray:
+    """Voxels brighter than half the image's mean in [0, 1] window units (at least 0.1) — where anatomy is."""
+    return view.intensities01 > max(0.1, float(view.intensities01.mean()) * 0.5)
 
 
-def sample_prompts(stack: SliceStack, count: int, exclude: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
-    """Farthest-point sampled stack indices (slice, row, column) in the foreground, outside ``exclude``."""
-    candidates = np.argwhere(foreground_mask(stack) & ~exclude)
+def sample_prompts(view: View, count: int, exclude: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+    """Farthest-point sampled LPS points in the foreground, outside ``exclude``."""
+    candidates = np.argwhere(foreground_mask(view) & ~exclude)
     if len(candidates) == 0 or count <= 0:
         return []
-    spacing = stack.stack_spacing()
     candidates = candidates[rng.choice(len(candidates), min(len(candidates), 4000), replace=False)]
-    physical = candidates * spacing
+    physical = view.voxel_to_lps(candidates.astype(float))
     chosen = [int(rng.integers(len(candidates)))]
     distance = np.linalg.norm(physical - physical[chosen[0]], axis=1)
     for _ in range(count - 1):
         chosen.append(int(np.argmax(distance)))
         distance = np.minimum(distance, np.linalg.norm(physical - physical[chosen[-1]], axis=1))
-    return [candidates[i].astype(float) for i in chosen]
+    return [physical[i] for i in chosen]
 
 
-def _warp_matrix(rng: np.random.Generator, options: PairOptions, shape: tuple[int, int]) -> np.ndarray:
-    """A small random affine on pixel indices (x, y), about the slice centre, as a 3×3 matrix."""
-    angle = np.deg2rad(rng.uniform(-options.warp_rotation_deg, options.warp_rotation_deg))
-    scale = 1.0 + rng.uniform(-options.warp_scale, options.warp_scale)
-    shift = rng.uniform(-options.warp_shift_px, options.warp_shift_px, size=2)
-    centre = np.array([(shape[1] - 1) / 2, (shape[0] - 1) / 2])
-    rotation = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
-    matrix = np.eye(3)
-    matrix[:2, :2] = rotation
-    matrix[:2, 2] = centre - rotation @ centre + shift
-    return matrix
-
-
-def _apply_warp(image: np.ndarray, matrix: np.ndarray, mode: str = "bilinear") -> np.ndarray:
-    """Resample a 2D array so that output(p) = input(matrix⁻¹ p) (p as pixel (x, y))."""
-    rows, cols = image.shape
-    inverse = np.linalg.inv(matrix)
-    ys, xs = np.mgrid[0:rows, 0:cols].astype(float)
-    source = np.stack([xs.ravel(), ys.ravel(), np.ones(xs.size)])
-    mapped = (inverse @ source)[:2]
-    grid = np.stack([mapped[0] / max(cols - 1, 1) * 2 - 1, mapped[1] / max(rows - 1, 1) * 2 - 1], axis=-1)
-    grid = torch.as_tensor(grid.reshape(1, rows, cols, 2), dtype=torch.float32)
-    sampled = F.grid_sample(torch.as_tensor(image, dtype=torch.float32)[None, None], grid, mode=mode,
-                            padding_mode="zeros", align_corners=True)
-    return sampled[0, 0].numpy()
-
-
-def warp_stability(stack: SliceStack, roi: ROI, warps: int, options: PairOptions, rng: np.random.Generator) -> float:
-    """Mean Dice between ROI X's seed-slice mask and its re-segmentation under small warps (mapped back)."""
-    k = roi.seed_slice
-    original = roi.mask[k]
-    box = mask_box(original)
-    if box is None or warps <= 0:
-        return 1.0 if warps <= 0 else 0.0
-    scores = []
-    for _ in range(warps):
-        matrix = _warp_matrix(rng, options, original.shape)
-        warped_slice = _apply_warp(stack.slices01[k], matrix)
-        embedding = stack.model.encode([warped_slice], stack.pixel_spacing)[0]
-        corners = np.array([[box[0], box[1], 1], [box[2], box[1], 1], [box[0], box[3], 1], [box[2], box[3], 1]])
-        moved = (matrix @ corners.T)[:2].T
-        warped_box = np.array([*moved.min(0), *moved.max(0)])
-        logits, _ = stack.model.decode([embedding], boxes_xy=warped_box[None])
-        back = _apply_warp((logits[0] > 0).numpy().astype(np.float32), np.linalg.inv(matrix)) > 0.5
-        scores.append(dice(back, original))
-    return float(np.mean(scores))
-
-
-def pair_without_roi_x(name: str, roi_x: ROI, moving: SliceStack, prompt_x_lps: np.ndarray, source: str) -> ROIPair:
+def pair_without_roi_x(name: str, roi_x: ROI, moving: View, prompt_x_lps: np.ndarray, source: str) -> ROIPair:
     """The rejected pair of a prompt where the model found no region (nothing to invert)."""
-    empty = ROI(np.zeros(moving.shape, dtype=bool), {}, 0, np.zeros(4))
-    return ROIPair(name, roi_x, empty, np.asarray(prompt_x_lps, dtype=float), np.zeros(moving.image.dimension),
-                   source, {"iou_x": roi_x.iou, "iou_y": 0.0}, False,
-                   "no ROI X: the model found no region at this prompt")
+    empty = ROI(np.zeros(moving.shape, dtype=bool), 0.0, np.zeros(moving.image.dimension), 0)
+    return ROIPair(name, roi_x, empty, np.asarray(prompt_x_lps, dtype=float), empty.prompt_lps, source,
+                   {"iou_x": roi_x.iou, "iou_y": 0.0}, False, "no ROI X: the model found no region at this prompt")
 
 
 def gate(pair: ROIPair, options: PairOptions) -> str:
@@ -148,38 +97,50 @@ def gate(pair: ROIPair, options: PairOptions) -> str:
     return ""
 
 
-def find_pairs(fixed: SliceStack, moving: SliceStack, points_lps: list[np.ndarray], boxes_lps: list[np.ndarray],
+def segment_prompts(view: View, points_lps: list[np.ndarray], boxes_lps: list[np.ndarray] = (),
+                    progress=None) -> list[ROI]:
+    """One ROI per click and per box (two opposite LPS corners), in that order, grown together."""
+    seeds, ranges = [], []
+    for point in points_lps:
+        seeds.append(view.seed_from_point(point))
+        ranges.append((0, view.shape[0] - 1))
+    for corners in boxes_lps:
+        seed, k_range = view.seed_from_box(corners)
+        seeds.append(seed)
+        ranges.append(k_range)
+    return view.grow(seeds, ranges, progress) if seeds else []
+
+
+def find_pairs(fixed: View, moving: View, points_lps: list[np.ndarray], boxes_lps: list[np.ndarray],
                prior: AffinePrior, options: PairOptions | None = None, progress=None, cancel=None) -> list[ROIPair]:
     """All ROI pairs, user prompts first; each carries its quality and whether (and why not) it is used."""
-    from .errors import Cancelled
-
     options = options or PairOptions()
     rng = np.random.default_rng(options.seed)
-    planar = fixed.shape[0] == 1
+    planar = fixed.image.dimension == 2
     # Measured on ctchest4 (3D, LiteMedSAM): sampled slice-propagated ROIs disagree in extent between the
     # images and raise TRE (3.9 → 7.0 mm); warps cost a re-encode per slice. Both default on in 2D only.
     warps = options.warps if options.warps is not None else (2 if planar else 0)
     auto_pairs = options.auto_pairs if options.auto_pairs is not None else (6 if planar else 0)
     report = progress or (lambda stage, fraction: None)
-    fixed_points, moving_points = stack_points_lps(fixed), stack_points_lps(moving)
 
     def make_pair(roi_x: ROI, prompt_x_lps: np.ndarray, source: str, name: str) -> ROIPair:
         if cancel and cancel():
             raise Cancelled("registration cancelled")
         if not roi_x.mask.any():  # e.g. a click in air
             return pair_without_roi_x(name, roi_x, moving, prompt_x_lps, source)
-        result = inverse_prompt(fixed, moving, roi_x, prior, options.inverse, fixed_points, moving_points)
+        result = inverse_prompt(fixed, moving, roi_x, prior, options.inverse)
         if warps:
-            result.quality["warp_stability"] = warp_stability(fixed, roi_x, warps, options, rng)
-        prompt_y = moving.image.index_to_lps(moving.stack_index_to_image(result.prompt_y_stack[None]))[0]
-        pair = ROIPair(name, roi_x, result.roi_y, np.asarray(prompt_x_lps, dtype=float), prompt_y, source,
-                       result.quality)
+            stability = fixed.warp_stability(roi_x, warps, rng, options)
+            if stability is not None:
+                result.quality["warp_stability"] = stability
+        pair = ROIPair(name, roi_x, result.roi_y, np.asarray(prompt_x_lps, dtype=float), result.roi_y.prompt_lps,
+                       source, result.quality)
         pair.rejected_because = gate(pair, options)
         pair.accepted = not pair.rejected_because
         return pair
 
     report("segmenting Prompt X", 0.0)
-    user_rois = segment_points(fixed, points_lps) + segment_boxes(fixed, boxes_lps)
+    user_rois = segment_prompts(fixed, points_lps, boxes_lps)
     user_prompts = list(points_lps) + [np.asarray(b).reshape(2, -1).mean(0) for b in boxes_lps]
     pairs = []
     for index, (roi_x, prompt) in enumerate(zip(user_rois, user_prompts)):
@@ -194,9 +155,8 @@ def find_pairs(fixed: SliceStack, moving: SliceStack, points_lps: list[np.ndarra
         for pair in pairs:
             held |= pair.roi_x.mask
         samples = sample_prompts(fixed, auto_pairs, held, rng)
-        sample_lps = [fixed.image.index_to_lps(fixed.stack_index_to_image(s[None]))[0] for s in samples]
-        auto_rois = segment_points(fixed, sample_lps) if sample_lps else []
-        for index, (roi_x, prompt) in enumerate(zip(auto_rois, sample_lps)):
+        auto_rois = segment_prompts(fixed, samples)
+        for index, (roi_x, prompt) in enumerate(zip(auto_rois, samples)):
             report("inverse prompting", (len(user_rois) + index) / max(1, len(user_rois) + auto_pairs))
             if not roi_x.mask.any() or any(dice(roi_x.mask, p.roi_x.mask) > options.duplicate_dice for p in pairs):
                 continue
@@ -204,17 +164,19 @@ def find_pairs(fixed: SliceStack, moving: SliceStack, points_lps: list[np.ndarra
     return deduplicate(pairs, options)
 
 
-def update_prior(fixed: SliceStack, moving: SliceStack, pairs: list[ROIPair]) -> AffinePrior:
+def update_prior(fixed: View, moving: View, pairs: list[ROIPair]) -> AffinePrior:
     """Affine prior from the centroids of accepted pairs (ridge-regularised towards a translation)."""
-    from .fit import closed_form_affine
+    from ..fit import closed_form_affine
 
-    fixed_centroids = np.array([centroid_lps(fixed, p.roi_x.mask) for p in pairs])
-    moving_centroids = np.array([centroid_lps(moving, p.roi_y.mask) for p in pairs])
+    fixed_centroids = np.array([fixed.centroid_lps(p.roi_x.mask) for p in pairs])
+    moving_centroids = np.array([moving.centroid_lps(p.roi_y.mask) for p in pairs])
+    if len(pairs) == 1:  # one pair fixes a shift, nothing more
+        return AffinePrior(np.eye(fixed.image.dimension), moving_centroids[0] - fixed_centroids[0])
     matrix, offset = closed_form_affine(fixed_centroids, moving_centroids, np.ones(len(pairs)), ridge=1.0)
     return AffinePrior(matrix, offset)
 
 
-def initial_prior(fixed: SliceStack, moving: SliceStack) -> AffinePrior:
+def initial_prior(fixed: View, moving: View) -> AffinePrior:
     """Identity when the two images overlap in physical space, else a shift aligning their centres."""
     dimension = fixed.image.dimension
     fixed_centre, moving_centre = fixed.image.physical_center(), moving.image.physical_center()

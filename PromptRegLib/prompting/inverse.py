@@ -1,0 +1,150 @@
+"""Inverse prompting: ROI X on the fixed view → Prompt Y on the moving view → ROI Y. Written once for any view.
+
+1. Prototypes of ROI X (inside) and of a band just outside it (``ring_mm`` wide), from the fixed view.
+2. Contrast map over the moving view: similarity to the inside minus similarity to the band, weighted by a
+   broad spatial prior (σ ``search_radius_mm``) around where ROI X is expected (identity or the current
+   affine estimate). A windowed view (cubes) moves its window once if the peak sits at its edge.
+3. Primary prompts: at the best separate peaks, prompts sized like ROI X (auxiliary re-fits inside the view);
+   the candidate whose region resembles ROI X most (prototype cosine × predicted IoU) wins and is grown.
+4. Quality kept with the pair: predicted IoUs, peak and its margin over the best separate peak, size ratio
+   (largest cross-section, mm²), prototype cosine, and a cycle check (ROI Y inverted back must land within
+   ``cycle_tolerance_mm`` of ROI X).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..views.base import ROI, View, empty_roi
+from ..views.regions import dilate_mm, ring
+
+
+@dataclass
+class AffinePrior:
+    """Where to look: moving point ≈ ``matrix @ fixed point + offset`` (LPS mm)."""
+
+    matrix: np.ndarray
+    offset: np.ndarray
+
+    @classmethod
+    def identity(cls, dimension: int) -> "AffinePrior":
+        return cls(np.eye(dimension), np.zeros(dimension))
+
+    def forward(self, points: np.ndarray) -> np.ndarray:
+        return np.atleast_2d(points) @ self.matrix.T + self.offset
+
+    def inverse(self) -> "AffinePrior":
+        inverse_matrix = np.linalg.inv(self.matrix)
+        return AffinePrior(inverse_matrix, -inverse_matrix @ self.offset)
+
+
+@dataclass
+class InverseOptions:
+    search_radius_mm: float = 60.0   # σ of the spatial prior
+    candidates: int = 3              # separate similarity peaks tried
+    ring_mm: float = 9.0             # width of the background band around a region
+    cycle_tolerance_mm: float = 6.0  # the cycle peak may land this close to ROI X
+
+
+@dataclass
+class InverseResult:
+    roi_y: ROI
+    quality: dict = field(default_factory=dict)
+
+
+def contrast_search(source: View, mask: np.ndarray, target: View, expected_lps: np.ndarray,
+                    options: InverseOptions) -> tuple[np.ndarray, np.ndarray, object]:
+    """(contrast, prior-weighted contrast, window) of a source region over the target view.
+
+    Contrast = similarity to the region's prototype − similarity to its surrounding band; the weighted map
+    is the contrast shifted to be positive times a Gaussian prior around ``expected_lps``.
+    """
+    prototypes = [source.prototype(mask)]
+    band = ring(mask, source.spacing_mm, options.ring_mm)
+    if band.any():
+        prototypes.append(source.prototype(band))
+    window = target.search_window(expected_lps)
+    for attempt in range(2):
+        maps = target.similarity(prototypes, window)
+        score = maps[0] - maps[1] if len(maps) > 1 else maps[0]
+        finite = np.isfinite(score)
+        floor = score[finite].min() if finite.any() else 0.0
+        distance2 = ((target.points_lps() - expected_lps.astype(np.float32)) ** 2).sum(axis=-1)
+        prior = np.exp(-distance2 / (2.0 * options.search_radius_mm ** 2))
+        weighted = np.where(finite, (score - floor) * prior, -np.inf)
+        peak = np.unravel_index(int(np.argmax(weighted)), weighted.shape)
+        if attempt == 0 and target.near_window_edge(window, peak):
+            window = target.search_window(target.voxel_to_lps(np.array([peak]))[0])
+            continue
+        break
+    return score, weighted, window
+
+
+def separate_peaks(score: np.ndarray, count: int, exclusion_voxels: np.ndarray) -> list[tuple[int, int, int]]:
+    """Up to ``count`` maxima, each at least ``exclusion_voxels`` (per axis) from the previous ones."""
+    work = score.copy()
+    peaks = []
+    for _ in range(count):
+        peak = np.unravel_index(int(np.argmax(work)), work.shape)
+        if not np.isfinite(work[peak]) or work[peak] <= 0:
+            break
+        peaks.append(tuple(int(v) for v in peak))
+        low = [max(0, p - int(e)) for p, e in zip(peak, exclusion_voxels)]
+        high = [p + int(e) + 1 for p, e in zip(peak, exclusion_voxels)]
+        work[low[0]:high[0], low[1]:high[1], low[2]:high[2]] = -np.inf
+    return peaks
+
+
+def _exclusion_voxels(target: View, half_extent_mm: np.ndarray) -> np.ndarray:
+    """Peaks closer than ROI X's half extent (in-plane) or an eighth of the view (across K) are one peak."""
+    spacing = np.where(np.isfinite(target.spacing_mm), target.spacing_mm, 1.0)
+    across = max(1.0, target.shape[0] / 8)
+    return np.array([max(across, half_extent_mm[0] / spacing[0]),
+                     *np.maximum(1.0, half_extent_mm[1:] / spacing[1:])])
+
+
+def cycle_check(source: View, roi_x: ROI, target: View, roi_y: ROI, prior: AffinePrior,
+                options: InverseOptions) -> tuple[bool, float]:
+    """Invert ROI Y back into the fixed view: does the best (prior-weighted) peak land on (a grown) ROI X?"""
+    expected = prior.inverse().forward(target.centroid_lps(roi_y.mask))[0]
+    _, weighted, _ = contrast_search(target, roi_y.mask, source, expected, options)
+    peak = np.unravel_index(int(np.argmax(weighted)), weighted.shape)
+    grown = dilate_mm(roi_x.mask, source.spacing_mm, options.cycle_tolerance_mm)
+    peak_lps = source.voxel_to_lps(np.array([peak]))[0]
+    return bool(grown[peak]), float(np.linalg.norm(peak_lps - source.centroid_lps(roi_x.mask)))
+
+
+def inverse_prompt(fixed: View, moving: View, roi_x: ROI, prior: AffinePrior,
+                   options: InverseOptions | None = None) -> InverseResult:
+    """Find ROI Y on the moving view corresponding to ROI X on the fixed view (see module doc)."""
+    options = options or InverseOptions()
+    p_x = fixed.prototype(roi_x.mask)
+    expected = prior.forward(fixed.centroid_lps(roi_x.mask))[0]
+    score, weighted, window = contrast_search(fixed, roi_x.mask, moving, expected, options)
+    half_extent = fixed.half_extent_mm(roi_x.mask)
+    peaks = separate_peaks(weighted, options.candidates, _exclusion_voxels(moving, half_extent))
+    quality = {"iou_x": roi_x.iou, "candidates": len(peaks)}
+    if not peaks:
+        quality.update(iou_y=0.0, prototype_cosine=-1.0, size_ratio=0.0, cycle_ok=False,
+                       cycle_distance_mm=float("inf"))
+        return InverseResult(empty_roi(moving, expected), quality)
+    seeds = moving.seeds_at(peaks, half_extent, weighted, window)
+    resemblance = np.array([float(moving.prototype(s.mask) @ p_x) if s.mask.any() else -1.0 for s in seeds])
+    choice = int(np.argmax(resemblance * np.array([s.iou for s in seeds])))
+    roi_y = moving.grow([seeds[choice]])[0]
+
+    quality.update(iou_y=roi_y.iou, peak=float(score[peaks[choice]]), chosen_candidate=choice,
+                   resemblance=float(resemblance[choice]))
+    outside = ~roi_y.mask & np.isfinite(score)
+    quality["peak_margin"] = float(score[peaks[choice]] - (score[outside].max() if outside.any() else -1.0))
+    if roi_y.mask.any():
+        quality["prototype_cosine"] = float(moving.prototype(roi_y.mask) @ p_x)
+        # largest cross-sections (mm²): unlike volumes, not cut short by a thinner slab in one image
+        quality["size_ratio"] = moving.largest_section_mm2(roi_y.mask) / max(fixed.largest_section_mm2(roi_x.mask),
+                                                                             1e-9)
+        quality["volume_ratio"] = moving.volume_mm3(roi_y.mask) / max(fixed.volume_mm3(roi_x.mask), 1e-9)
+        quality["cycle_ok"], quality["cycle_distance_mm"] = cycle_check(fixed, roi_x, moving, roi_y, prior, options)
+    else:
+        quality.update(prototype_cosine=-1.0, size_ratio=0.0, cycle_ok=False, cycle_distance_mm=float("inf"))
+    return InverseResult(roi_y, quality)

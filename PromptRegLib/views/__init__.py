@@ -1,0 +1,30 @@
+"""Views: images as models see them, on working grids chosen in physical terms (see :mod:`.grid`)."""
+from __future__ import annotations
+
+from ..imageio import Image
+from .base import ROI, Seed, View
+from .grid import Grid, slicing_axis_lps
+from .slices import SliceOptions, SliceView, in_plane_extent_mm
+
+
+def make_view(model, image: Image, options: SliceOptions | None = None, cancel=None) -> View:
+    """One image's view (``promptreg segment``): cubes, or slices along the LPS axis closest to its slice axis."""
+    return make_views(model, image, None, options, cancel)[0]
+
+
+def make_views(model, fixed_image: Image, moving_image: Image | None, options: SliceOptions | None = None,
+               cancel=None) -> tuple[View, View | None]:
+    """The fixed and moving views, seen the same way: cubes for native-3D models; else slices along the LPS axis
+    chosen from the fixed image, with one pixel size for both (the larger field of view over the input size)."""
+    images = [image for image in (fixed_image, moving_image) if image is not None]
+    if getattr(model, "native_3d", False):
+        from .cubes import CubeView
+        views = [CubeView(image, model, cancel) for image in images]
+    else:
+        axis = slicing_axis_lps(Grid.of(fixed_image)) if fixed_image.dimension == 3 else 2
+        pixel = max(in_plane_extent_mm(Grid.of(image), axis) for image in images) / model.input_size
+        views = [SliceView(image, model, axis, options, cancel, pixel) for image in images]
+    return views[0], (views[1] if len(views) > 1 else None)
+
+
+__all__ = ["ROI", "Seed", "SliceOptions", "SliceView", "View", "make_view", "make_views"]
