@@ -32,7 +32,7 @@ from typing import Callable
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InputImageError
+from .errors import InputImageError, PromptRegError
 from .progress import ProgressBar
 
 DEFAULT_TIMEOUT_S = 1800.0
@@ -319,7 +319,8 @@ def _promptreg(case: Case, quick: bool, progress) -> tuple[sitk.Transform, dict]
     return result.transform.to_sitk(), _promptreg_extra(result)
 
 
-def _promptreg_auto(case: Case, quick: bool, progress, auto_pairs: int = DEFAULT_AUTO_PAIRS) -> tuple[sitk.Transform, dict]:
+def _promptreg_auto(case: Case, quick: bool, progress,
+                    auto_pairs: int = DEFAULT_AUTO_PAIRS) -> tuple[sitk.Transform, dict]:
     """Zero clicks: sampled prompts only."""
     return _promptreg(dataclasses.replace(case, prompts_ras=[], auto_pairs=auto_pairs), quick, progress)
 
@@ -681,6 +682,27 @@ def _summary_line(row: dict) -> str:
             f"{row['peak_mb']:.0f} MB, transform {row.get('transform_mb', 0):.2f} MB")
 
 
+def _click_spread(case: Case, count: int, quick: bool, limits: Limits, quiet: bool, say) -> dict:
+    """PromptReg on ``count`` click sets drawn inside the case's labelled structures, summarised."""
+    prompt_sets = draw_click_sets(case, count)
+    set_rows = []
+    for index, prompts in enumerate(prompt_sets, 1):
+        set_rows.append(run_method("promptreg", dataclasses.replace(case, prompts_ras=prompts), quick, limits,
+                                   quiet=quiet))
+        say(f"  click set {index}/{count}, {_summary_line(set_rows[-1]).strip()}")
+    return summarise_click_runs(prompt_sets, set_rows)
+
+
+def _add_ratios(ours: dict, case_rows: list[dict]) -> None:
+    """PromptReg's time and Dice over each peer's, on the peers' rows."""
+    for row in case_rows:
+        if row["method"].startswith("promptreg") or "error" in row:
+            continue
+        row["time_ratio"] = ours["seconds"] / row["seconds"]
+        if row.get("dice_mean"):
+            row["dice_ratio"] = ours["dice_mean"] / row["dice_mean"]
+
+
 def run_bench(data_dir, output_dir, quick: bool = False, methods: str | None = None, quiet: bool = False,
               limits: Limits | None = None, click_sets: int | None = None, auto_pairs: int = DEFAULT_AUTO_PAIRS,
               work_dir=None) -> list[dict]:
@@ -695,16 +717,16 @@ def run_bench(data_dir, output_dir, quick: bool = False, methods: str | None = N
     chosen = available_methods() if not methods else [m.strip() for m in methods.split(",")]
     unknown = sorted(set(chosen) - set(METHODS))
     if unknown:
-        raise InputImageError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}.")
+        raise PromptRegError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}.")
     click_sets = (0 if quick else DEFAULT_CLICK_SETS) if click_sets is None else click_sets
     limits = limits or Limits()
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     work_dir = Path(work_dir) if work_dir else output_dir / "work"
     options = {"promptreg-auto": {"auto_pairs": auto_pairs}}
+    say = (lambda text: None) if quiet else (lambda text: print(text, flush=True))
     rows = []
     for number, case in enumerate(cases, 1):
-        say = (lambda text: None) if quiet else (lambda text: print(text, flush=True))
         say(f"[{number}/{len(cases)}] {case.name}")
         if case.resample_spacing is not None:
             say(f"  resampling to {case.resample_spacing} mm into {work_dir / case.name} (reused when present)")
@@ -712,23 +734,13 @@ def run_bench(data_dir, output_dir, quick: bool = False, methods: str | None = N
         rows.append({"case": case.name, "method": "identity", **score(case, None), "seconds": 0.0, "peak_mb": 0.0})
         case_rows = []
         for method in chosen:
-            row = run_method(method, case, quick, limits, options.get(method), quiet)
-            say(_summary_line(row))
-            case_rows.append(row)
+            case_rows.append(run_method(method, case, quick, limits, options.get(method), quiet))
+            say(_summary_line(case_rows[-1]))
         ours = next((r for r in case_rows if r["method"] == "promptreg"), None)
         if ours is not None and click_sets > 0 and case.fixed_labels and not case.derived_from:
-            prompt_sets = draw_click_sets(case, click_sets)
-            set_rows = []
-            for index, prompts in enumerate(prompt_sets, 1):
-                set_rows.append(run_method("promptreg", dataclasses.replace(case, prompts_ras=prompts), quick,
-                                           limits, quiet=quiet))
-                say(f"  click set {index}/{click_sets}, {_summary_line(set_rows[-1]).strip()}")
-            ours["click_spread"] = summarise_click_runs(prompt_sets, set_rows)
-        for row in case_rows:
-            if ours is not None and "error" not in ours and "error" not in row and not row["method"].startswith("promptreg"):
-                row["time_ratio"] = ours["seconds"] / row["seconds"]
-                if row.get("dice_mean"):
-                    row["dice_ratio"] = ours["dice_mean"] / row["dice_mean"]
+            ours["click_spread"] = _click_spread(case, click_sets, quick, limits, quiet, say)
+        if ours is not None and "error" not in ours:
+            _add_ratios(ours, case_rows)
         rows.extend(case_rows)
     settings = {"quick": quick, "timeout_s": limits.timeout_s, "max_memory_mb": limits.max_memory_mb,
                 "click_sets": click_sets, "click_seed": CLICK_SEED, "click_margin_mm": CLICK_MARGIN_MM,

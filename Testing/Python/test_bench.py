@@ -10,6 +10,7 @@ import SimpleITK as sitk
 
 from PromptRegLib.bench import (Limits, _markdown, draw_click_sets, grid_for_spacing, landmark_pixels, load_cases,
                                 prepare_case, read_homography, run_guarded, score, summarise_click_runs)
+from PromptRegLib.errors import InputImageError
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +38,17 @@ def test_a_new_case_is_a_json_file(data_dir, tmp_path):
     assert perfect["tre_mm"] < 1e-6 and perfect["dice"]["right lung"] > 0.95
 
 
+def test_a_derived_case_takes_its_base_fields_but_not_its_flags_and_names_a_missing_base(data_dir, tmp_path):
+    (tmp_path / "finer.json").write_text(json.dumps({"name": "finer", "derived_from": "ctchest4_2d",
+                                                     "resample_spacing": [1.0, 1.0]}))
+    (case,) = [c for c in load_cases(data_dir, extra_dir=tmp_path) if c.name == "finer"]
+    assert case.fixed == "ctchest4/pair2d_fixed.nrrd" and case.labels["5"] == "right lung"
+    assert not case.demo and not case.quick and case.resample_spacing == [1.0, 1.0]
+    (tmp_path / "finer.json").write_text(json.dumps({"name": "finer", "derived_from": "no_such_case"}))
+    with pytest.raises(InputImageError, match="no_such_case"):
+        load_cases(data_dir, extra_dir=tmp_path)
+
+
 # --- guarded runs: the children below are module-level so a spawned process can import them ------------------
 def _answer(value, progress):
     progress("halfway", 0.5)
@@ -54,7 +66,7 @@ def _sleep(seconds, progress):
 
 def _hold_memory(megabytes, progress):
     blocks = [np.ones(2**20 // 8 * 50) for _ in range(megabytes // 50)]  # 50 MB each, written so they are resident
-    time.sleep(120)
+    time.sleep(60)
     return {"blocks": len(blocks)}
 
 
@@ -70,9 +82,9 @@ def test_a_crashing_child_becomes_an_error_row():
 
 
 def test_a_child_past_its_time_limit_is_killed_and_reported():
-    row = run_guarded(_sleep, (600,), Limits(timeout_s=1))
+    row = run_guarded(_sleep, (60,), Limits(timeout_s=1))
     assert row["error"].startswith("timed out") and "--timeout" in row["error"]
-    assert row["seconds"] < 600
+    assert row["seconds"] < 60
 
 
 def test_a_child_above_the_memory_cap_is_killed_and_reported():
@@ -106,13 +118,15 @@ def test_resampling_a_case_is_deterministic_keeps_the_physical_space_and_is_reus
     first, second = prepare_case(coarse, tmp_path / "a"), prepare_case(coarse, tmp_path / "b")
     assert first.truth_transform == base.truth_transform and first.prompts_ras == base.prompts_ras
     for role in ("fixed", "moving", "fixed_labels", "moving_labels"):
-        original, resampled = sitk.ReadImage(base.path(getattr(base, role))), sitk.ReadImage(first.path(getattr(first, role)))
+        original = sitk.ReadImage(base.path(getattr(base, role)))
+        resampled = sitk.ReadImage(first.path(getattr(first, role)))
         assert np.allclose(resampled.GetSpacing(), (1.5, 1.5, 5.0)) and resampled.GetPixelID() == original.GetPixelID()
         assert np.abs(_physical_box(resampled) - _physical_box(original)).max() <= 2.5 + 1e-6  # half a new voxel
         again = sitk.ReadImage(second.path(getattr(second, role)))
         assert np.array_equal(sitk.GetArrayViewFromImage(resampled), sitk.GetArrayViewFromImage(again))
     labels = sitk.GetArrayViewFromImage(sitk.ReadImage(first.path(first.fixed_labels)))
-    assert set(np.unique(labels)) <= set(np.unique(sitk.GetArrayViewFromImage(sitk.ReadImage(base.path(base.fixed_labels)))))
+    base_labels = sitk.GetArrayViewFromImage(sitk.ReadImage(base.path(base.fixed_labels)))
+    assert set(np.unique(labels)) <= set(np.unique(base_labels))
     identity, base_identity = score(first, None), score(base, None)
     assert abs(identity["tre_mm"] - base_identity["tre_mm"]) < 0.3  # same truth, same anatomy
     assert abs(identity["dice_mean"] - base_identity["dice_mean"]) < 0.02
@@ -178,8 +192,9 @@ def test_click_sets_land_deep_inside_their_structures_and_are_reproducible(cases
             assert labels[labels.TransformPhysicalPointToIndex(lps)] == value
             # distance to the structure's boundary, the image border included (pad with background, crop back)
             pad = [1] * labels.GetDimension()
-            depth = sitk.Crop(sitk.SignedMaurerDistanceMap(sitk.ConstantPad(labels == value, pad, pad), squaredDistance=False,
-                                                           useImageSpacing=True, insideIsPositive=True), pad, pad)
+            padded = sitk.ConstantPad(labels == value, pad, pad)
+            depth = sitk.Crop(sitk.SignedMaurerDistanceMap(padded, squaredDistance=False, useImageSpacing=True,
+                                                           insideIsPositive=True), pad, pad)
             deepest = float(sitk.GetArrayViewFromImage(depth).max())
             assert depth[labels.TransformPhysicalPointToIndex(lps)] >= min(5.0, deepest / 2) - 1e-6
 
