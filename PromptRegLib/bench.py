@@ -33,6 +33,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputImageError, PromptRegError
+from .imageio import lps_to_ras, ras_to_lps
 from .progress import ProgressBar
 
 DEFAULT_TIMEOUT_S = 1800.0
@@ -237,8 +238,7 @@ def _prompt_structure(case: Case, index: int, labels: sitk.Image) -> int:
     by_name = {name: int(value) for value, name in case.labels.items()}
     if index < len(case.prompt_names) and case.prompt_names[index] in by_name:
         return by_name[case.prompt_names[index]]
-    point = np.array(case.prompts_ras[index], dtype=float)[: labels.GetDimension()]
-    point[:2] *= -1.0  # RAS → LPS
+    point = ras_to_lps(case.prompts_ras[index])[: labels.GetDimension()]
     voxel = labels.TransformPhysicalPointToIndex(point.tolist())
     inside = all(0 <= v < s for v, s in zip(voxel, labels.GetSize()))
     return int(labels[voxel]) if inside else 0
@@ -277,9 +277,8 @@ def draw_click_sets(case: Case, count: int, seed: int = CLICK_SEED, margin_mm: f
                 clicks.append([float(v) for v in case.prompts_ras[index]])
                 continue
             voxel = voxels[rng.integers(len(voxels))][::-1]  # numpy order → ITK index
-            lps = np.array(labels.TransformIndexToPhysicalPoint([int(v) for v in voxel]))
-            lps[:2] *= -1.0  # LPS → RAS
-            clicks.append([round(float(v), 3) for v in lps])
+            ras = lps_to_ras(labels.TransformIndexToPhysicalPoint([int(v) for v in voxel]))
+            clicks.append([round(float(v), 3) for v in ras])
         sets.append(clicks)
     return sets
 
