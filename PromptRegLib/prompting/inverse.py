@@ -66,8 +66,8 @@ def contrast_search(source: View, mask: np.ndarray, target: View, expected_lps: 
         prototypes.append(source.prototype(band))
     window = target.search_window(expected_lps)
     for attempt in range(2):
-        maps = target.similarity(prototypes, window)
-        score = maps[0] - maps[1] if len(maps) > 1 else maps[0]
+        maps = target.similarity(prototypes, window)  # -inf outside the window, in every map
+        score = maps[0] - np.where(np.isfinite(maps[1]), maps[1], 0.0) if len(maps) > 1 else maps[0]
         finite = np.isfinite(score)
         floor = score[finite].min() if finite.any() else 0.0
         distance2 = ((target.points_lps() - expected_lps.astype(np.float32)) ** 2).sum(axis=-1)

@@ -12,8 +12,10 @@ import SimpleITK as sitk
 
 from PromptRegLib.imageio import ras_to_lps, read_image
 from PromptRegLib.models import load_model
-from PromptRegLib.segment import decode_boxes, dice, expand_box, mask_box, segment_points
-from PromptRegLib.volume import SliceStack
+from PromptRegLib.prompting.pairs import segment_prompts
+from PromptRegLib.views import make_view
+from PromptRegLib.views.grid import resample_onto
+from PromptRegLib.views.regions import dice, expand_box, mask_box
 
 LUNG_CLICKS_RAS = [(-71.2, -33.6, -140.2), (75.0, -33.6, -140.2)]
 MARGINS = (0.0, 0.02, 0.05, 0.1, 0.2)
@@ -23,16 +25,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     case = parser.parse_args().data / "ctchest4"
-    stack = SliceStack(read_image(case / "ct.nrrd"), load_model("litemedsam", device="cpu"))
-    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(case / "ct_labels.nii.gz")))  # axial stack = numpy order
+    view = make_view(load_model("litemedsam", device="cpu"), read_image(case / "ct.nrrd"))
+    labels = resample_onto(sitk.ReadImage(str(case / "ct_labels.nii.gz")), view.grid, 0.0,  # on the axial view
+                           sitk.sitkNearestNeighbor, antialias=False).astype(int)
     lungs = np.zeros(labels.shape, dtype=bool)
-    for roi in segment_points(stack, [ras_to_lps(np.array(p)) for p in LUNG_CLICKS_RAS]):
-        lungs |= stack.stack_to_image_array(roi.mask)
+    for roi in segment_prompts(view, [ras_to_lps(np.array(p)) for p in LUNG_CLICKS_RAS]):
+        lungs |= roi.mask
     per_margin = {margin: np.zeros(labels.shape, dtype=bool) for margin in MARGINS}
     for k in range(labels.shape[0]):
         body = labels[k] > 0
         boxes = np.array([expand_box(mask_box(body), body.shape, margin, 0.0) for margin in MARGINS])
-        masks, _ = decode_boxes(stack, [k] * len(MARGINS), boxes)
+        masks, _ = view.decode_boxes([k] * len(MARGINS), boxes)
         for margin, mask in zip(MARGINS, masks):
             per_margin[margin][k] = mask
     oracle = np.array([max((per_margin[m][k] for m in MARGINS), key=lambda mask: dice(mask, labels[k] > 0))

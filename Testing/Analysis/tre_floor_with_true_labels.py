@@ -15,9 +15,17 @@ import SimpleITK as sitk
 from PromptRegLib.bench import load_cases, score
 from PromptRegLib.metrics import labelled_points, transform_points
 from PromptRegLib.registration import refit_transform, register
+from PromptRegLib.views.grid import resample_onto
 
 LABEL_SETS = {"ours (LiteMedSAM ROIs)": None, "true lungs + body": (), "+ thoracic spine": (3,),
               "+ ribs, thoracic spine": (1, 3), "+ ribs and all vertebrae": (1, 2, 3, 4)}
+
+
+def on_view(view, image, mask):
+    """A label mask on the image's grid, seen on the view's working grid (nearest neighbour)."""
+    values = resample_onto(image.with_array(mask.astype(np.float32)).sitk_image, view.grid, 0.0,
+                           sitk.sitkNearestNeighbor, antialias=False)
+    return values.reshape(view.shape) > 0.5
 
 
 def main() -> None:
@@ -36,8 +44,8 @@ def main() -> None:
     def true_pair(template, select, name):
         pair = copy.deepcopy(template)
         pair.name = name
-        pair.roi_x.mask = result.fixed_stack.image_to_stack_array(select(fixed_array))
-        pair.roi_y.mask = result.moving_stack.image_to_stack_array(select(moving_array))
+        pair.roi_x.mask = on_view(result.fixed_view, result.fixed_image, select(fixed_array))
+        pair.roi_y.mask = on_view(result.moving_view, result.moving_image, select(moving_array))
         return pair
 
     for name, extra_labels in LABEL_SETS.items():

@@ -8,8 +8,8 @@ outside ROI X, so the cycle check fails.
 import SimpleITK as sitk
 
 from PromptRegLib import register
-from PromptRegLib.inverse import InverseOptions
-from PromptRegLib.pairs import PairOptions
+from PromptRegLib.prompting.inverse import InverseOptions
+from PromptRegLib.prompting.pairs import PairOptions
 
 
 def test_twin_structure_match_fails_the_cycle_check_and_is_dropped(data_dir, model, tmp_path):

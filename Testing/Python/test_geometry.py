@@ -1,4 +1,4 @@
-"""Coordinates: slice ↔ model input mapping, RAS/LPS/index conversions on oblique, anisotropic grids."""
+"""Coordinates: slice ↔ model input mapping, RAS/LPS/index conversions, working grids on oblique, anisotropic grids."""
 import numpy as np
 import SimpleITK as sitk
 import torch
@@ -7,7 +7,8 @@ from hypothesis import strategies as st
 
 from PromptRegLib.imageio import Image, lps_to_ras, ras_to_lps
 from PromptRegLib.models.base import SliceGeometry
-from PromptRegLib.volume import SliceStack
+from PromptRegLib.views import make_views
+from PromptRegLib.views.grid import Grid, covering_grid, slicing_axis_lps
 
 
 def oblique_image(size=(20, 30, 7), spacing=(0.3, 0.3, 7.0), angle=0.4) -> Image:
@@ -36,29 +37,44 @@ def test_ras_lps_flip_is_its_own_inverse(point):
     assert ras_to_lps(point)[2] == point[2]
 
 
+class ModelShape:
+    """What a view needs of a 2D model: its input size."""
+    input_size = 64
+    native_3d = False
+
+
+def random_oblique() -> Image:
+    image = oblique_image()
+    return image.with_array(np.random.default_rng(0).random(image.array.shape).astype(np.float32))
+
+
 @settings(max_examples=50, deadline=None)
 @given(st.floats(-0.5, 19.5), st.floats(-0.5, 29.5), st.floats(-0.5, 6.5))
-def test_stack_index_round_trip_any_axis(i, j, k):
-    image = oblique_image()
-    image = image.with_array(np.random.default_rng(0).random(image.array.shape).astype(np.float32))
-    for axis in (0, 1, 2):
-        stack = SliceStack.__new__(SliceStack)
-        stack.image, stack.axis = image, axis
-        stacked = stack.image_index_to_stack(np.array([[i, j, k]]))
-        np.testing.assert_allclose(stack.stack_index_to_image(stacked), [[i, j, k]], atol=1e-12)
+def test_view_voxel_lps_round_trip_on_an_oblique_image(i, j, k):
+    view, _ = make_views(ModelShape(), random_oblique(), random_oblique())
+    point = oblique_image().index_to_lps(np.array([[i, j, k]]))
+    np.testing.assert_allclose(view.voxel_to_lps(view.lps_to_voxel(point)), point, atol=1e-9)
 
 
-def test_coarsest_axis_is_the_stacking_axis():
-    image = oblique_image()
-    image = image.with_array(np.random.default_rng(0).random(image.array.shape).astype(np.float32))
+def test_working_grid_is_canonical_and_covers_the_image():
+    image = random_oblique()
+    # k points along (0, 0.6, 0.8) and is the coarsest axis (7 mm): slices go along S
+    assert slicing_axis_lps(Grid.of(image)) == 2
+    view, _ = make_views(ModelShape(), image, image)
+    np.testing.assert_allclose(view.grid.direction, np.eye(3))
+    assert view.grid.spacing[2] == 7.0 and view.grid.spacing[0] == view.grid.spacing[1]
+    assert max(view.grid.size[:2]) == ModelShape.input_size
+    corners = Grid.of(image).corners_lps()
+    assert np.all(view.grid.contains(corners, margin_voxels=0.51))
 
-    class NoModel:
-        pass
 
-    stack = SliceStack(image, NoModel())
-    assert stack.axis == 0  # numpy axis 0 is ITK k, spacing 7 mm
-    assert stack.shape == (7, 30, 20)
-    assert stack.pixel_spacing == (0.3, 0.3)
+def test_covering_grid_is_centred_and_padded_to_a_minimum_size():
+    image_grid = Grid.of(oblique_image())
+    grid = covering_grid(image_grid, np.eye(3), np.array([2.0, 2.0, 7.0]), [50, 1, 1])
+    assert grid.size[0] == 50
+    centre = grid.index_to_lps((np.array(grid.size) - 1)[None] / 2)[0]
+    box = image_grid.corners_lps()
+    np.testing.assert_allclose(centre, (box.min(0) + box.max(0)) / 2, atol=1e-9)
 
 
 @settings(max_examples=50, deadline=None)

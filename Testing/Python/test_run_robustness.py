@@ -8,9 +8,9 @@ import torch
 
 from PromptRegLib.errors import Cancelled
 from PromptRegLib.imageio import read_image
-from PromptRegLib.pairs import PairOptions
+from PromptRegLib.prompting.pairs import PairOptions
 from PromptRegLib.registration import register
-from PromptRegLib.volume import SliceStack
+from PromptRegLib.views import make_view
 from PromptRegLib.worker_client import WorkerRun
 
 
@@ -46,7 +46,7 @@ class CancelAt:
 def test_cancel_at_every_stage_stops_the_run(ct_case, cache_dir):
     fixed, moving, prompts = pair_2d(ct_case)
     stages = stages_of_a_full_run(fixed, moving, prompts)
-    assert {"loading model", "encoding images", "inverse prompting", "fitting transform"} <= set(stages)
+    assert {"loading model", "segmenting Prompt X", "inverse prompting", "fitting transform"} <= set(stages)
     for stage in stages:
         canceller = CancelAt(stage)
         with pytest.raises(Cancelled):
@@ -77,13 +77,13 @@ def test_an_image_changed_on_disk_is_encoded_again(model, tmp_path, data_dir):
     source = sitk.ReadImage(str(data_dir / "ctchest4" / "pair2d_fixed.nrrd"))
     path = tmp_path / "changing.nrrd"
     sitk.WriteImage(source, str(path))
-    first = SliceStack(read_image(path), model).embeddings([0])[0].features
+    first = make_view(model, read_image(path)).embeddings([0])[0].features
     misses = model.cache.misses
     changed = sitk.GetArrayFromImage(source)
     changed[100:200, 100:200] = changed.max()
     edited = sitk.GetImageFromArray(changed)
     edited.CopyInformation(source)
     sitk.WriteImage(edited, str(path))                       # same path, new content
-    second = SliceStack(read_image(path), model).embeddings([0])[0].features
+    second = make_view(model, read_image(path)).embeddings([0])[0].features
     assert model.cache.misses == misses + 1
     assert not torch.equal(first, second)

@@ -4,8 +4,9 @@ import SimpleITK as sitk
 import pytest
 
 from PromptRegLib.imageio import ras_to_lps, read_image
-from PromptRegLib.segment import dice, segment_points
-from PromptRegLib.volume import SliceStack
+from PromptRegLib.prompting.pairs import segment_prompts
+from PromptRegLib.views import make_view
+from PromptRegLib.views.regions import dice
 
 # clicks (RAS mm) inside the left lung (label 6), right lung (5) and the body (tissue, 7)
 CLICKS_3D = {6: (-71.2, -33.6, -140.2), 5: (75.0, -33.6, -140.2), 7: (1.9, -3.1, -290.2)}
@@ -14,10 +15,10 @@ CLICKS_3D = {6: (-71.2, -33.6, -140.2), 5: (75.0, -33.6, -140.2), 7: (1.9, -3.1,
 @pytest.fixture(scope="module")
 def ct_rois(data_dir, model):
     image = read_image(data_dir / "ctchest4" / "ct.nrrd")
-    stack = SliceStack(image, model)
-    rois = segment_points(stack, [ras_to_lps(np.array(p)) for p in CLICKS_3D.values()])
+    view = make_view(model, image)
+    rois = segment_prompts(view, [ras_to_lps(np.array(p)) for p in CLICKS_3D.values()])
     labels = sitk.GetArrayFromImage(sitk.ReadImage(str(data_dir / "ctchest4" / "ct_labels.nii.gz")))
-    return {label: stack.stack_to_image_array(roi.mask) for label, roi in zip(CLICKS_3D, rois)}, labels
+    return {label: view.to_image_mask(roi.mask) for label, roi in zip(CLICKS_3D, rois)}, labels
 
 
 @pytest.mark.parametrize("label", [5, 6])
@@ -49,6 +50,6 @@ def test_lungs_stop_at_the_diaphragm(ct_rois):
 def test_2d_click_segments_the_lung(data_dir, model):
     image = read_image(data_dir / "ctchest4" / "pair2d_fixed.nrrd")
     labels = sitk.GetArrayFromImage(sitk.ReadImage(str(data_dir / "ctchest4" / "pair2d_fixed_labels.nii.gz")))
-    stack = SliceStack(image, model)
-    (roi,) = segment_points(stack, [ras_to_lps(np.array([-315.0, -399.2]))])
-    assert dice(stack.stack_to_image_array(roi.mask), labels == 6) >= 0.9
+    view = make_view(model, image)
+    (roi,) = segment_prompts(view, [ras_to_lps(np.array([-315.0, -399.2]))])
+    assert dice(view.to_image_mask(roi.mask), labels == 6) >= 0.9
