@@ -486,7 +486,8 @@ class PromptRegTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Making the example pair (known deformation)")
         nodes = example.make_example(self._chestCT())
         lungs = [nodes["prompts"].GetNthControlPointPositionWorld(i) for i in range(2)]
-        fixed = example.slab_around(nodes["fixed"], lungs[0][2], "fixed slab")
+        # five slices of each (the fit's smoothing needs at least four voxels along every axis)
+        fixed = example.slab_around(nodes["fixed"], lungs[0][2], "fixed slab", margin_mm=20.0)
         moving = example.slab_around(nodes["moving"], lungs[0][2], "moving slab", margin_mm=20.0)
         prompts = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "lung prompts")
         for point in lungs:

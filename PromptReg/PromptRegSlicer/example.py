@@ -105,7 +105,7 @@ def make_example(ct_node) -> dict:
 
 
 def slab_around(volume_node, s_ras: float, name: str, margin_mm: float = 10.0):
-    """A new volume with the axial slices (k) whose S coordinate lies within ``margin_mm`` of ``s_ras``
+    """A new volume with the axial slices (k) within ``margin_mm`` of the slice nearest to ``s_ras``
     (for a quick self-test on a few slices)."""
     ras_to_ijk, ijk_to_ras = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
     volume_node.GetRASToIJKMatrix(ras_to_ijk)
@@ -113,8 +113,8 @@ def slab_around(volume_node, s_ras: float, name: str, margin_mm: float = 10.0):
     array = slicer.util.arrayFromVolume(volume_node)
     centre = index_to_ras(volume_node, [(n - 1) / 2 for n in volume_node.GetImageData().GetDimensions()])
     k_centre = ras_to_ijk.MultiplyPoint([centre[0], centre[1], s_ras, 1.0])[2]
-    half = margin_mm / volume_node.GetSpacing()[2]
-    start, stop = max(0, math.ceil(k_centre - half)), min(array.shape[0], math.floor(k_centre + half) + 1)
+    nearest, half = round(k_centre), math.floor(margin_mm / volume_node.GetSpacing()[2] + 1e-6)
+    start, stop = max(0, nearest - half), min(array.shape[0], nearest + half + 1)
     origin = ijk_to_ras.MultiplyPoint([0.0, 0.0, float(start), 1.0])
     for row in range(3):
         ijk_to_ras.SetElement(row, 3, origin[row])
