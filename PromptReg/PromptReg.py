@@ -114,7 +114,10 @@ class PromptRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._setRunning(False)
 
     def cleanup(self):
+        run = self._run
         self.onCancel()
+        if run is not None:  # Slicer is closing: let the background stop finish (about a second at most)
+            run.join_cancel(timeout=3.0)
         self.logic.discardLastRun()
         self.removeObservers()
 
