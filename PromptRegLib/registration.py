@@ -9,7 +9,7 @@ import numpy as np
 
 from .errors import Cancelled, InputImageError, PromptError, RegistrationError
 from .fit import FitOptions, FittedTransform, fit_transform, jacobian_determinant
-from .imageio import Image, ras_to_lps, read_image, require_same_dimension, tidy_direction, validate_image
+from .imageio import Image, check_memory, ras_to_lps, read_image, require_same_dimension, tidy_direction, validate_image
 from .metrics import folding_fraction
 from .models import load_model
 from .models.cache import EmbeddingCache
@@ -76,6 +76,7 @@ def register(fixed: Image | str | Path, moving: Image | str | Path, prompts_ras=
     report = progress or (lambda stage, fraction: None)
     fixed_image, moving_image = _as_image(fixed), _as_image(moving)
     require_same_dimension(fixed_image, moving_image)
+    check_memory(fixed_image, moving_image)
     points_lps = [ras_to_lps(np.asarray(p, dtype=float))[: fixed_image.dimension] for p in prompts_ras]
     boxes_lps = [ras_to_lps(np.asarray(b, dtype=float).reshape(2, -1))[:, : fixed_image.dimension].ravel()
                  for b in boxes_ras]

@@ -38,3 +38,14 @@ def ct_case(data_dir):
     from PromptRegLib.bench import load_cases
 
     return {c.name: c for c in load_cases(data_dir)}
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors (the deterministic test backends): one torch thread is faster and steadier on 2 shared cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

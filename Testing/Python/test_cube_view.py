@@ -19,12 +19,7 @@ from PromptRegLib.registration import register
 from PromptRegLib.views.cubes import CubeView, _refine_peak
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def oblique_volume(seed: int = 0) -> Image:

@@ -88,3 +88,16 @@ def test_tidying_an_image_in_memory_leaves_the_callers_image_alone():
     tidied = tidy_direction(image)
     assert tidied.GetDirection()[1] == 0.0 and image.GetDirection()[1] == 1e-300
     assert tidy_direction(tidied) is tidied  # nothing to tidy: no copy
+
+
+def test_a_run_that_would_not_fit_in_memory_is_refused_before_it_starts(monkeypatch, tmp_path):
+    from PromptRegLib import imageio, register
+    from PromptRegLib.errors import MemoryLimitError
+
+    image = sitk.GetImageFromArray(np.random.default_rng(0).random((20, 64, 64)).astype(np.float32))
+    sitk.WriteImage(image, str(tmp_path / "image.nrrd"))
+    monkeypatch.setattr(imageio, "available_memory_bytes", lambda: 1_000_000_000)
+    with pytest.raises(MemoryLimitError, match="crop the images"):
+        register(tmp_path / "image.nrrd", tmp_path / "image.nrrd", [(0.0, 0.0, 0.0)], model="test-patches")
+    monkeypatch.setattr(imageio, "available_memory_bytes", lambda: 64_000_000_000)
+    imageio.check_memory(imageio.read_image(tmp_path / "image.nrrd"))  # fits: no error

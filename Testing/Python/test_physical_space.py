@@ -26,13 +26,7 @@ BLOBS_3D = [((-40.0, 0.0, 0.0), (22.0, 30.0, 45.0), 0.05), ((40.0, 0.0, 0.0), (2
 CLICKS_3D_RAS = [[40.0, 0.0, 0.0], [-40.0, 0.0, 0.0], [0.0, -30.0, -20.0]]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is faster, and steadier on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def phantom(shift_lps=(0.0, 0.0, 0.0), size=(48, 44, 20), spacing=(4.0, 4.0, 8.0), direction=None,
@@ -91,8 +85,12 @@ def pair_3d():
 @pytest.fixture(scope="module")
 def reference_3d(pair_3d):
     fixed, moving = pair_3d
-    torch.set_num_threads(1)
-    return run(fixed, moving, CLICKS_3D_RAS)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a module fixture is made before the function-scoped one_thread
+    try:
+        return run(fixed, moving, CLICKS_3D_RAS)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_the_reference_run_recovers_the_shift(reference_3d, pair_3d):
