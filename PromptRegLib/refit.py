@@ -2,9 +2,9 @@
 
 Reads ``fixed_rois.seg.nrrd``, ``moving_rois.seg.nrrd`` and ``report.json`` of an output folder, keeps the
 pairs that passed the quality checks minus those the user rejects, fits the transform on them with
-:func:`PromptRegLib.fit.fit_transform` (weights: IoU X × IoU Y, as a registration weighs them), and writes a
-complete output folder — the ROI pairs and prompts copied, a new ``transform.h5``, ``affine.tfm``,
-``warped_moving.nrrd`` and ``report.json`` — all or nothing (:func:`PromptRegLib.outputs.staged_output`).
+:func:`PromptRegLib.fit.fit_transform` (weights IoU X × IoU Y, a folding field stiffened: as a registration
+does), and writes a complete output folder — the ROI pairs and prompts copied, a new ``transform.h5``,
+``affine.tfm``, ``warped_moving.nrrd`` and ``report.json`` — all or nothing (:func:`PromptRegLib.outputs.staged_output`).
 """
 from __future__ import annotations
 
@@ -12,14 +12,15 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 
 from .errors import InputImageError, RegistrationError
-from .fit import FitOptions, fit_transform
+from .fit import FitOptions, fit_transform, jacobian_determinant
 from .imageio import Image, read_image
+from .metrics import folding_fraction
 from .outputs import staged_output, warp_image, write_image, write_transform
 
 USER_REJECTED = "rejected by the user"
@@ -87,6 +88,21 @@ def updated_pairs(pairs: list[dict], reject_pairs) -> list[dict]:
     return updated
 
 
+def fit_without_folding(fixed: Image, moving: Image, fixed_masks, moving_masks, weights, options: FitOptions,
+                        cancel=None, max_folding: float = 0.001, max_stiffening: int = 2):
+    """``fit_transform``, stiffened while the field folds and at last affine — the policy a registration
+    applies (``registration.refit_transform``). Returns the transform, its folding fraction and the options
+    that produced it."""
+    for attempt in range(max_stiffening + 1):
+        transform = fit_transform(fixed, moving, fixed_masks, moving_masks, weights, options, cancel=cancel)
+        folding = folding_fraction(jacobian_determinant(transform))
+        if folding <= max_folding or options.transform == "affine":
+            break
+        options = replace(options, bending_weight=options.bending_weight * 10) if attempt < max_stiffening - 1 \
+            else replace(options, transform="affine")
+    return transform, folding, options
+
+
 def refit_from_outputs(pairs_from: str | os.PathLike, output_dir: str | os.PathLike, reject_pairs=(),
                        fit_options: FitOptions | None = None, fixed: str | None = None, moving: str | None = None,
                        progress=None, cancel=None) -> Path:
@@ -112,13 +128,13 @@ def refit_from_outputs(pairs_from: str | os.PathLike, output_dir: str | os.PathL
     weights = np.array([quality[n]["iou_x"] * quality[n]["iou_y"] for n in names])
     if progress:
         progress("fitting transform", 0.1)
-    transform = fit_transform(fixed_image, moving_image, fixed_masks, moving_masks, weights, fit_options,
-                              cancel=cancel)
+    transform, folding, options_used = fit_without_folding(fixed_image, moving_image, fixed_masks, moving_masks,
+                                                           weights, fit_options, cancel)
     if progress:
         progress("writing outputs", 0.9)
     report.update(inputs={"fixed": fixed_image.source, "moving": moving_image.source},
                   pairs=updated_pairs(report["pairs"], reject_pairs), fit=transform.report,
-                  fit_options=asdict(fit_options),
+                  fit_options=asdict(fit_options), fit_options_used=asdict(options_used), folding_fraction=folding,
                   refit={"from": str(previous), "pairs_used": names, "device": "cpu",
                          "seconds": time.perf_counter() - started})
     with staged_output(output_dir, [fixed_image.source, moving_image.source]) as staging:

@@ -96,7 +96,6 @@ class WorkerRun:
         self.process: subprocess.Popen | None = None
         self.events: queue.Queue = queue.Queue()
         self.finished = False
-        self.cancelled = False
         self.result: dict | None = None
         self.error: str | None = None
         self._stopper: threading.Thread | None = None
@@ -159,7 +158,6 @@ class WorkerRun:
     def cancel(self) -> None:
         """Stop the worker's whole process tree and remove the run folder, without blocking the caller:
         the stopping happens on a background thread (see :meth:`join_cancel`)."""
-        self.cancelled = True
         if self.process is None or self.process.poll() is not None:
             self.cleanup()
             return
