@@ -14,7 +14,7 @@ The mean of per-pair Dice (not one pooled Dice) lets small structures count.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import SimpleITK as sitk
@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from .errors import Cancelled
 from .imageio import Image, tidy_direction
+from .metrics import folding_fraction
 
 
 @dataclass
@@ -365,6 +366,21 @@ def fit_transform(fixed: Image, moving: Image, fixed_masks: list[np.ndarray | Im
         dense = upsample_field(control, shape).reshape(-1, fixed.dimension)
         report["dice_deformable"] = pair_loss.dice(affine_points + dense).tolist()
     return FittedTransform(matrix, offset, control, fixed, report)
+
+
+def fit_without_folding(fixed: Image, moving: Image, fixed_masks, moving_masks, weights, options: FitOptions,
+                        cancel=None, max_folding: float = 0.001, max_stiffening: int = 2):
+    """:func:`fit_transform`, stiffened ×10 while the field folds more than ``max_folding`` and at last affine: a
+    folding field explains disagreeing ROIs, not anatomy. Returns the transform, its folding fraction and the
+    options that produced it."""
+    for attempt in range(max_stiffening + 1):
+        transform = fit_transform(fixed, moving, fixed_masks, moving_masks, weights, options, cancel=cancel)
+        folding = folding_fraction(jacobian_determinant(transform))
+        if folding <= max_folding or options.transform == "affine":
+            break
+        options = replace(options, bending_weight=options.bending_weight * 10) if attempt < max_stiffening - 1 \
+            else replace(options, transform="affine")
+    return transform, folding, options
 
 
 #: the Jacobian determinant is evaluated on the fixed domain resampled to about this many voxels

@@ -7,10 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import Cancelled, InputImageError, PromptError, RegistrationError
-from .fit import FitOptions, FittedTransform, fit_transform, jacobian_determinant
+from .errors import PromptError, RegistrationError
+from .fit import FitOptions, FittedTransform, fit_without_folding
 from .imageio import Image, check_memory, ras_to_lps, read_image, require_same_dimension, tidy_direction, validate_image
-from .metrics import folding_fraction
 from .models import load_model
 from .models.cache import EmbeddingCache
 from .prompting.pairs import PairOptions, ROIPair, find_pairs, initial_prior
@@ -139,16 +138,9 @@ def refit_transform(result: RegistrationResult, fit_options: FitOptions | None =
     weights = np.array([p.quality["iou_x"] * p.quality["iou_y"] for p in accepted])
     fixed_masks = [result.fixed_view.mask_image(p.roi_x.mask) for p in accepted]
     moving_masks = [result.moving_view.mask_image(p.roi_y.mask) for p in accepted]
-    options = replace(fit_options)
-    # A folding field explains disagreeing ROIs, not anatomy: stiffen it, and at last keep the affine stage.
-    for attempt in range(max_stiffening + 1):
-        transform = fit_transform(result.fixed_image, result.moving_image, fixed_masks, moving_masks, weights,
-                                  options, cancel)
-        folding = folding_fraction(jacobian_determinant(transform))
-        if folding <= max_folding or options.transform == "affine":
-            break
-        options = replace(options, bending_weight=options.bending_weight * 10) if attempt < max_stiffening - 1 \
-            else replace(options, transform="affine")
+    transform, folding, options = fit_without_folding(result.fixed_image, result.moving_image, fixed_masks,
+                                                      moving_masks, weights, replace(fit_options), cancel,
+                                                      max_folding, max_stiffening)
     result.transform = transform
     result.report.setdefault("timings_s", {})["fit"] = time.perf_counter() - mark
     result.report["fit"] = transform.report

@@ -106,6 +106,7 @@ class SAMMed3D:
     cube_size = CUBE_SIZE
     grid_size = GRID_SIZE
     spacing_mm = 1.5
+    cube_axes_lps = CUBE_AXES_LPS     # the cube view samples cubes in this orientation
 
     def __init__(self, checkpoint: str | None, device: str = "cpu", cache: EmbeddingCache | None = None,
                  net: nn.Module | None = None):

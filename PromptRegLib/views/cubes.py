@@ -21,7 +21,7 @@ from .grid import Grid, covering_grid, resample_onto
 from .regions import clean_mask
 from .slices import intensity_window, windowed
 
-#: the orientation of the public SAM-Med3D inference (torchio ToCanonical: array axes along R, A, S)
+#: cube orientation for models that do not say (``model.cube_axes_lps``): RAS+, as the public SAM-Med3D inference
 DEFAULT_CUBE_AXES_LPS = np.diag([-1.0, -1.0, 1.0])
 #: fraction of the half cube beyond which a peak makes the search window move to it
 SLIDE_BEYOND = 0.625
