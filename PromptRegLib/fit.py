@@ -140,9 +140,16 @@ def as_mask_image(mask: np.ndarray | Image, domain: Image) -> Image:
 
 
 def soft_mask(mask: Image) -> np.ndarray:
-    """A mask blurred by a Gaussian of one voxel spacing along each axis (numpy order, float32)."""
-    sigma = [float(s) if n > 1 else 1e-3 for s, n in zip(mask.spacing, mask.size)]
-    return sitk.GetArrayFromImage(sitk.SmoothingRecursiveGaussian(mask.sitk_image, sigma))
+    """A mask blurred by a Gaussian of one voxel spacing along each axis (numpy order, float32); axes of fewer
+    than 4 voxels (a thin slab; ITK's recursive filter needs 4) stay sharp."""
+    image = mask.sitk_image
+    for axis, (spacing, size) in enumerate(zip(mask.spacing, mask.size)):
+        if size >= 4:
+            blur = sitk.RecursiveGaussianImageFilter()
+            blur.SetDirection(axis)
+            blur.SetSigma(float(spacing))
+            image = blur.Execute(image)
+    return sitk.GetArrayFromImage(image)
 
 
 def resample_onto(values: np.ndarray, source: Image, reference: Image) -> np.ndarray:

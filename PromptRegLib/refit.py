@@ -2,9 +2,8 @@
 
 Reads ``fixed_rois.seg.nrrd``, ``moving_rois.seg.nrrd`` and ``report.json`` of an output folder, keeps the
 pairs that passed the quality checks minus those the user rejects, fits the transform on them with
-:func:`PromptRegLib.fit.fit_transform` (weights IoU X × IoU Y, a folding field stiffened: as a registration
-does), and writes a complete output folder — the ROI pairs and prompts copied, a new ``transform.h5``,
-``affine.tfm``, ``warped_moving.nrrd`` and ``report.json`` — all or nothing (:func:`PromptRegLib.outputs.staged_output`).
+:func:`PromptRegLib.fit.fit_without_folding` (weights IoU X × IoU Y, as a registration does), and writes a
+complete output folder — the ROI pairs and prompts copied, a new ``transform.h5``, ``affine.tfm``, ``warped_moving.nrrd`` and ``report.json`` — all or nothing (:func:`PromptRegLib.outputs.staged_output`).
 """
 from __future__ import annotations
 
@@ -12,15 +11,14 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from .errors import InputImageError, RegistrationError
-from .fit import FitOptions, fit_transform, jacobian_determinant
+from .fit import FitOptions, fit_without_folding
 from .imageio import Image, read_image
-from .metrics import folding_fraction
 from .outputs import staged_output, warp_image, write_image, write_transform
 
 USER_REJECTED = "rejected by the user"
@@ -86,21 +84,6 @@ def updated_pairs(pairs: list[dict], reject_pairs) -> list[dict]:
             pair["accepted"], pair["rejected_because"] = True, ""
         updated.append(pair)
     return updated
-
-
-def fit_without_folding(fixed: Image, moving: Image, fixed_masks, moving_masks, weights, options: FitOptions,
-                        cancel=None, max_folding: float = 0.001, max_stiffening: int = 2):
-    """``fit_transform``, stiffened while the field folds and at last affine — the policy a registration
-    applies (``registration.refit_transform``). Returns the transform, its folding fraction and the options
-    that produced it."""
-    for attempt in range(max_stiffening + 1):
-        transform = fit_transform(fixed, moving, fixed_masks, moving_masks, weights, options, cancel=cancel)
-        folding = folding_fraction(jacobian_determinant(transform))
-        if folding <= max_folding or options.transform == "affine":
-            break
-        options = replace(options, bending_weight=options.bending_weight * 10) if attempt < max_stiffening - 1 \
-            else replace(options, transform="affine")
-    return transform, folding, options
 
 
 def refit_from_outputs(pairs_from: str | os.PathLike, output_dir: str | os.PathLike, reject_pairs=(),

@@ -71,3 +71,39 @@ def test_mirrored_pairs_do_not_make_a_mirrored_affine():
     fitted = fit_transform(fixed, fixed, [left, right, middle], [right, left, middle],
                            options=FitOptions(transform="affine"))
     assert np.linalg.det(fitted.affine_matrix) > 0
+
+
+def test_a_folding_field_is_stiffened_then_falls_back_to_affine(monkeypatch):
+    """The policy every fit applies (registration and refit alike): bending ×10 while the field folds, at last the
+    affine stage."""
+    from PromptRegLib import fit
+
+    tried = []
+    monkeypatch.setattr(fit, "fit_transform", lambda *args, cancel=None: tried.append(args[5]) or args[5])
+    monkeypatch.setattr(fit, "jacobian_determinant", lambda transform: transform)
+    monkeypatch.setattr(fit, "folding_fraction", lambda options: 0.2 if options.transform == "deformable" else 0.0)
+    _, folding, used = fit.fit_without_folding(None, None, [], [], [], FitOptions(bending_weight=10.0))
+    assert [(o.transform, o.bending_weight) for o in tried] == [("deformable", 10.0), ("deformable", 100.0),
+                                                                 ("affine", 100.0)]
+    assert used.transform == "affine" and folding == 0.0
+
+
+def test_thin_slab_masks_fit_without_error():
+    """A 3-slice slab: ITK's recursive Gaussian needs 4 voxels along an axis, so that axis stays sharp."""
+    fixed = grid_image((3, 30, 30), (4.0, 2.0, 2.0))
+    ball = ellipsoid(fixed, fixed.physical_center(), (10, 10, 6))
+    fitted = fit_transform(fixed, fixed, [ball], [ball], options=FitOptions(transform="affine"))
+    np.testing.assert_allclose(fitted.affine_matrix, np.eye(3))
+
+
+def test_a_large_rotation_the_pairs_do_not_demand_is_refused():
+    from PromptRegLib.fit import plausible_affine, rotation_angle_deg, rotation_demanded
+
+    angle = np.deg2rad(60.0)
+    rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    assert abs(rotation_angle_deg(rotation) - 60.0) < 1e-6
+    assert plausible_affine(rotation) and not plausible_affine(rotation, max_rotation_deg=30.0)
+    centroids = np.random.default_rng(0).normal(0, 40, (4, 3))
+    assert rotation_demanded(centroids, centroids @ rotation.T, np.ones(4), rotation, np.zeros(3))
+    assert not rotation_demanded(centroids, centroids + 2.0, np.ones(4), rotation, np.zeros(3))
+    assert not rotation_demanded(centroids[:2], centroids[:2] @ rotation.T, np.ones(2), rotation, np.zeros(3))

@@ -70,21 +70,6 @@ def test_refit_of_a_folder_without_a_report_is_a_clear_error(tmp_path):
     run.cleanup()
 
 
-def test_refit_stiffens_a_folding_field_then_falls_back_to_affine(monkeypatch):
-    """The policy a registration applies: bending ×10 while the field folds, at last the affine stage."""
-    from PromptRegLib import refit
-    from PromptRegLib.fit import FitOptions
-
-    tried = []
-    monkeypatch.setattr(refit, "fit_transform", lambda *args, cancel=None: tried.append(args[5]) or args[5])
-    monkeypatch.setattr(refit, "jacobian_determinant", lambda transform: transform)
-    monkeypatch.setattr(refit, "folding_fraction", lambda options: 0.2 if options.transform == "deformable" else 0.0)
-    _, folding, used = refit.fit_without_folding(None, None, [], [], [], FitOptions(bending_weight=10.0))
-    assert [(o.transform, o.bending_weight) for o in tried] == [("deformable", 10.0), ("deformable", 100.0),
-                                                                 ("affine", 100.0)]
-    assert used.transform == "affine" and folding == 0.0
-
-
 def test_cancel_leaves_nothing(ct_case, cache_dir):
     run = WorkerRun().start(request_2d(ct_case, auto_pairs=6, warps=2))
     deadline = time.time() + 120
