@@ -3,7 +3,8 @@
 Reads ``fixed_rois.seg.nrrd``, ``moving_rois.seg.nrrd`` and ``report.json`` of an output folder, keeps the
 pairs that passed the quality checks minus those the user rejects, fits the transform on them with
 :func:`PromptRegLib.fit.fit_without_folding` (weights IoU X × IoU Y, as a registration does), and writes a
-complete output folder — the ROI pairs and prompts copied, a new ``transform.h5``, ``affine.tfm``, ``warped_moving.nrrd`` and ``report.json`` — all or nothing (:func:`PromptRegLib.outputs.staged_output`).
+complete output folder — the ROI pairs and prompts copied, a new ``transform.h5``, ``affine.tfm``,
+``warped_moving.nrrd`` and ``report.json`` — all or nothing (:func:`PromptRegLib.outputs.staged_output`).
 """
 from __future__ import annotations
 
