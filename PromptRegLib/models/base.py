@@ -110,8 +110,9 @@ class PromptableSegmenter(ABC):
     supports_boxes: bool = True
     #: content digest of the loaded checkpoint (:func:`~.cache.file_digest`); None for weight-free backends
     weights_digest: str | None = None
-    #: what runs the image encoder: "torch", or an exported runtime such as "openvino-f32"
-    encoder_runtime: str = "torch"
+    #: what ran the image encoder: "torch", an exported runtime such as "openvino-f32", or None where a backend
+    #: chooses at its first encoding and has not encoded yet
+    encoder_runtime: str | None = "torch"
 
     def __init__(self, device: str = "cpu", cache: EmbeddingCache | None = None):
         self.device = torch.device(device)

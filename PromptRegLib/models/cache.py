@@ -167,7 +167,10 @@ class EmbeddingCache:
         return sum(_size(p) for p in self.directory.glob(_ENTRY_GLOB))
 
     def _evict(self) -> None:
-        """Delete the least recently used disk entries until the cache fits its cap (counted afresh: other runs write too)."""
+        """Delete the least recently used disk entries until the cache fits its cap.
+
+        Counted afresh: other runs write to the same folder.
+        """
         entries = []
         for path in self.directory.glob(_ENTRY_GLOB):
             try:
@@ -216,7 +219,7 @@ def _unlink(path: Path) -> int:
 
 
 def describe_disk_caches(clear: bool = False) -> list[str]:
-    """Lines telling where the embedding cache and the exported encoders are and their size; ``clear`` empties both first."""
+    """Where the embedding cache and the exported encoders are, and their size; ``clear`` empties both first."""
     from .encoder_runtime import clear_exports, export_dir, exported_bytes
 
     cache = EmbeddingCache()
@@ -229,5 +232,6 @@ def describe_disk_caches(clear: bool = False) -> list[str]:
     else:
         lines.append(f"embedding cache: {info['directory']}: {info['entries']} embeddings, "
                      f"{info['bytes'] / 2**20:.1f} MB of {info['max_bytes'] / 2**20:.0f} MB (PROMPTREG_CACHE_MAX_MB)")
-    lines.append(f"exported encoders: {export_dir() or 'off (PROMPTREG_EXPORTS=off)'}: {exported_bytes() / 2**20:.1f} MB")
+    exports = export_dir() or "off (PROMPTREG_EXPORTS=off)"
+    lines.append(f"exported encoders: {exports}: {exported_bytes() / 2**20:.1f} MB")
     return lines

@@ -9,7 +9,8 @@ and :data:`EXPORT_VERSION` under :func:`export_dir`, through a temporary folder 
 runs only compile it. It is kept apart from the embedding cache: it depends on the weights alone, so a run
 with the embedding cache off or elsewhere (tests, benchmarks) still finds it.
 
-``$PROMPTREG_ENCODER_RUNTIME=torch`` runs torch; ``$PROMPTREG_EXPORTS=off`` as well (nothing is exported).
+``$PROMPTREG_ENCODER_RUNTIME=torch`` when a model is built runs torch; ``$PROMPTREG_EXPORTS=off`` as well
+(nothing is exported).
 """
 from __future__ import annotations
 
@@ -18,7 +19,6 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -26,7 +26,6 @@ import torch
 EXPORT_VERSION = 1
 RUNTIME_NAME = "openvino-f32"
 
-Encoder = Callable[[torch.Tensor], torch.Tensor]
 _log = logging.getLogger(__name__)
 
 
@@ -36,6 +35,11 @@ def export_dir() -> Path | None:
     if value == "off":
         return None
     return Path(value) if value else Path.home() / ".cache" / "promptreg" / "exported"
+
+
+def runtime_wanted() -> bool:
+    """False where ``$PROMPTREG_ENCODER_RUNTIME`` is ``torch`` or ``$PROMPTREG_EXPORTS`` is ``off``."""
+    return os.environ.get("PROMPTREG_ENCODER_RUNTIME", "auto") != "torch" and export_dir() is not None
 
 
 class OpenVINOEncoder:
@@ -56,8 +60,6 @@ def load_openvino_encoder(encoder: torch.nn.Module, input_size: int, export_name
     Any failure (package missing, export or compilation refused) is logged at INFO and answered with None:
     the caller runs torch.
     """
-    if os.environ.get("PROMPTREG_ENCODER_RUNTIME", "auto") == "torch" or export_dir() is None:
-        return None
     try:
         import openvino as ov
 

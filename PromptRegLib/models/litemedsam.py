@@ -6,7 +6,7 @@ strictly and offline. Preprocessing follows its training: longest side to 256, i
 zero padding at the bottom/right.
 
 On CPU the image encoder runs in OpenVINO at f32 where it can (:mod:`.encoder_runtime`: same features to 1e-5,
-same masks, faster); ``encoder_runtime`` says which ran.
+same masks, faster), loaded at the first slice to encode; ``encoder_runtime`` says which ran.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from ..errors import CheckpointError
 from . import timm_shim
 from .base import PromptableSegmenter
 from .cache import file_digest
-from .encoder_runtime import RUNTIME_NAME, load_openvino_encoder
+from .encoder_runtime import RUNTIME_NAME, load_openvino_encoder, runtime_wanted
 
 
 def fuse_batch_norms(module: torch.nn.Module) -> None:
@@ -61,15 +61,17 @@ class LiteMedSAM(PromptableSegmenter):
         self._runtime_encoder = None
         if self.device.type == "cpu":  # measured: 35–45 % faster convolutions, same features to 1e-5
             self.net.image_encoder.to(memory_format=torch.channels_last)
-            self._runtime_encoder = load_openvino_encoder(self.net.image_encoder, self.input_size,
-                                                          f"{self.name}-{self.weights_digest}")
-            if self._runtime_encoder is not None:
-                self.encoder_runtime = RUNTIME_NAME
+            if runtime_wanted():  # loaded at the first slice to encode: a warm cache never loads it
+                self.encoder_runtime = None
 
     def _normalize(self, resized_01):
         return resized_01[None].expand(3, -1, -1)
 
     def _encode_inputs(self, inputs):
+        if self.encoder_runtime is None:
+            self._runtime_encoder = load_openvino_encoder(self.net.image_encoder, self.input_size,
+                                                          f"{self.name}-{self.weights_digest}")
+            self.encoder_runtime = "torch" if self._runtime_encoder is None else RUNTIME_NAME
         if self._runtime_encoder is not None:
             try:
                 return self._runtime_encoder(inputs)
