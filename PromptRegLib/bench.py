@@ -704,13 +704,20 @@ def _add_ratios(ours: dict, case_rows: list[dict]) -> None:
 
 def run_bench(data_dir, output_dir, quick: bool = False, methods: str | None = None, quiet: bool = False,
               limits: Limits | None = None, click_sets: int | None = None, auto_pairs: int = DEFAULT_AUTO_PAIRS,
-              work_dir=None) -> list[dict]:
+              work_dir=None, case_names: str | None = None) -> list[dict]:
     """Every available method on every case (``quick``: the quick cases, fewer iterations, no click sets unless
-    asked). ``click_sets``: PromptReg re-run with that many click sets drawn in the labelled structures of each
+    asked; ``case_names``: a comma-separated subset of cases). ``click_sets``: PromptReg re-run with that many click sets drawn in the labelled structures of each
     labelled case that is not derived from another (default 5, 0 in quick); ``auto_pairs``: sampled prompts of the
     zero-click ``promptreg-auto`` rows; ``work_dir``: where derived cases keep their resampled files (default
     ``output_dir/work``)."""
     cases = [c for c in load_cases(data_dir) if c.quick or not quick]
+    if case_names:
+        wanted = [n.strip() for n in case_names.split(",")]
+        unknown_cases = sorted(set(wanted) - {c.name for c in cases})
+        if unknown_cases:
+            raise PromptRegError(f"unknown or unavailable case(s) {', '.join(unknown_cases)}; available: "
+                                 f"{', '.join(c.name for c in cases)}.")
+        cases = [c for c in cases if c.name in wanted]
     if not cases:
         raise InputImageError(f"no benchmark data found under {data_dir}; pass --data.")
     chosen = available_methods() if not methods else [m.strip() for m in methods.split(",")]

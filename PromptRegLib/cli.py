@@ -61,13 +61,11 @@ def _prompts(args) -> tuple[list[np.ndarray], list[np.ndarray]]:
 
 
 def command_segment(args) -> int:
-    from .imageio import read_image
+    from .imageio import ras_to_lps, read_image
     from .models import load_model
     from .outputs import segment_color, staged_output, write_segmentation
-    from .imageio import ras_to_lps
-    from .native3d import segment_points_native
-    from .segment import segment_boxes, segment_points
-    from .volume import SliceStack
+    from .prompting.pairs import segment_prompts
+    from .views import make_view
 
     image = read_image(args.image)
     points, boxes = _prompts(args)
@@ -77,34 +75,27 @@ def command_segment(args) -> int:
     model = load_model(args.model, args.checkpoint, args.device)
     points_lps = [ras_to_lps(p)[: image.dimension] for p in points]
     boxes_lps = [ras_to_lps(b.reshape(2, -1))[:, : image.dimension].ravel() for b in boxes]
-    if getattr(model, "native_3d", False):
-        stack = SliceStack(image, None)
-        rois = segment_points_native(model, stack, points_lps, boxes_lps, progress)
-    else:
-        stack = SliceStack(image, model)
-        for start in range(0, stack.shape[0], 4):
-            progress("encoding slices", 0.6 * start / stack.shape[0])
-            stack.embeddings(range(start, min(start + 4, stack.shape[0])))
-        progress("segmenting", 0.6)
-        depth = stack.shape[0]
-        propagation = lambda steps: progress("propagating through slices",  # noqa: E731
-                                             0.6 + 0.4 * min(1.0, steps / max(1, depth)))
-        rois = segment_points(stack, points_lps, propagation) + segment_boxes(stack, boxes_lps, propagation)
+    view = make_view(model, image)
+    progress("segmenting", 0.1)
+    depth = view.shape[0]
+    propagation = lambda steps: progress("propagating through slices",  # noqa: E731
+                                         0.1 + 0.9 * min(1.0, steps / max(1, depth)))
+    rois = segment_prompts(view, points_lps, boxes_lps, propagation)
     progress.close()
     output = Path(args.output)
     names = [f"Prompt {i + 1}" for i in range(len(rois))]
     with staged_output(output.parent, [image.source]) as staging:
-        write_segmentation(staging / output.name, image, [stack.stack_to_image_array(r.mask) for r in rois], names,
+        write_segmentation(staging / output.name, image, [view.to_image_mask(r.mask) for r in rois], names,
                            [segment_color(i) for i in range(len(rois))], exclusive=not args.overlap)
     for name, roi in zip(names, rois):
-        print(f"{name}: {roi.voxels} voxels, predicted IoU {roi.iou:.2f}")
+        print(f"{name}: {view.to_image_mask(roi.mask).sum()} voxels, predicted IoU {roi.iou:.2f}")
     print(f"wrote {output}")
     return 0
 
 
 def _pair_and_fit_options(args):
     from .fit import FitOptions
-    from .pairs import PairOptions
+    from .prompting.pairs import PairOptions
 
     pair_options = PairOptions()
     if args.auto_pairs is not None:
@@ -166,7 +157,7 @@ def command_bench(args) -> int:
     if args.max_memory_mb is not None:
         limits.max_memory_mb = args.max_memory_mb
     run_bench(args.data, args.output, quick=args.quick, methods=args.methods, quiet=args.quiet, limits=limits,
-              click_sets=args.click_sets, auto_pairs=args.auto_pairs, work_dir=args.work)
+              click_sets=args.click_sets, auto_pairs=args.auto_pairs, work_dir=args.work, case_names=args.cases)
     return 0
 
 
@@ -220,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--data", default="../shared/data")
     bench.add_argument("-o", "--output", default="out/bench")
     bench.add_argument("--quick", action="store_true", help="fewer cases and iterations (under 10 minutes)")
+    bench.add_argument("--cases", help="comma-separated subset of cases (default: all with data)")
     bench.add_argument("--methods", help="comma-separated subset of methods (promptreg, promptreg-auto, simpleitk, "
                        "elastix, ants; default: all installed)")
     bench.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,

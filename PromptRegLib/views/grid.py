@@ -15,13 +15,13 @@ import SimpleITK as sitk
 
 from ..imageio import Image
 
-#: Canonical in-plane orientation of slices along each LPS axis, as LPS directions of (column, row, slice):
-#: axial slices show anterior at the top and the patient's right on the left (radiological display),
-#: coronal slices superior at the top, sagittal slices superior at the top and anterior on the left.
+#: Canonical orientation of slices along each LPS axis, as LPS directions of (column, row, slice): the axes of a
+#: RAS+ volume (MONAI's ``Orientationd("RAS")``, nibabel's canonical), sliced as numpy slices such an array —
+#: axial slices with columns towards R and rows towards A, coronal (R, S), sagittal (A, S).
 SLICE_AXES_LPS = {
-    2: np.array([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]]).T,   # axial: columns +L, rows +P, slices +S
-    1: np.array([[1.0, 0, 0], [0, 0, -1.0], [0, 1.0, 0]]).T,  # coronal: columns +L, rows +I, slices +P
-    0: np.array([[0, 1.0, 0], [0, 0, -1.0], [1.0, 0, 0]]).T,  # sagittal: columns +P, rows +I, slices +L
+    2: np.array([[-1.0, 0, 0], [0, -1.0, 0], [0, 0, 1.0]]).T,  # axial: columns +R, rows +A, slices +S
+    1: np.array([[-1.0, 0, 0], [0, 0, 1.0], [0, -1.0, 0]]).T,  # coronal: columns +R, rows +S, slices +A
+    0: np.array([[0, -1.0, 0], [0, 0, 1.0], [-1.0, 0, 0]]).T,  # sagittal: columns +A, rows +S, slices +R
 }
 AXIS_NAMES = {0: "sagittal (L)", 1: "coronal (P)", 2: "axial (S)"}
 

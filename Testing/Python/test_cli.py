@@ -86,7 +86,7 @@ def test_images_in_different_places_are_aligned_by_their_centres(data_dir, tmp_p
     moving.SetOrigin([v + 500.0 for v in moving.GetOrigin()])
     path = tmp_path / "far_away.nrrd"
     sitk.WriteImage(moving, str(path))
-    from PromptRegLib.pairs import PairOptions
+    from PromptRegLib.prompting.pairs import PairOptions
     result = register(data_dir / "ctchest4" / "pair2d_fixed.nrrd", path, [(-315.0, -399.2)],
                       pair_options=PairOptions(auto_pairs=0, warps=0), pairs_only=True, cache=model.cache)
     (pair,) = result.pairs

@@ -13,16 +13,19 @@ import pytest
 import SimpleITK as sitk
 
 from PromptRegLib import register
+from PromptRegLib.fit import FitOptions
 from PromptRegLib.imageio import Image
 from PromptRegLib.prompting.pairs import PairOptions
 from PromptRegLib.views.regions import dice
 
 LUNG_CLICKS_RAS = [(-71.2, -33.6, -140.2), (75.0, -33.6, -140.2)]
+#: the fit on a coarser working grid and one control spacing: the same code path, a third of the time
+LIGHT_FIT = FitOptions(working_voxels=30_000, control_spacing_mm=(40.0,), max_iterations=150)
 
 
 def run(fixed: sitk.Image, moving: sitk.Image, clicks, cache):
     return register(Image(fixed), Image(moving), clicks, pair_options=PairOptions(auto_pairs=0, warps=0),
-                    cache=cache)
+                    fit_options=LIGHT_FIT, cache=cache)
 
 
 def transform_difference_mm(a, b, points: np.ndarray) -> float:
@@ -91,7 +94,7 @@ def resampled(image: sitk.Image, factor: int, interpolator=sitk.sitkLinear) -> s
 def mr_pair(ct_case):
     case = ct_case["abdomen_mr_synth"]
     return (sitk.ReadImage(case.path(case.fixed)), sitk.ReadImage(case.path(case.moving)),
-            sitk.ReadImage(case.path(case.fixed_labels)), case.prompts_ras[:3])
+            sitk.ReadImage(case.path(case.fixed_labels)), case.prompts_ras[:2])
 
 
 @pytest.fixture(scope="module")
