@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import sys
 from pathlib import Path
 
 #: lower bound only: the PyTorch extension picks the build that fits the machine (CPU, CUDA, macOS)
@@ -29,7 +30,15 @@ NEEDED_MODULES = {"torch": "torch", "SimpleITK": "SimpleITK", "segment_anything"
 
 def missing_distributions() -> list[str]:
     """Distributions whose module the worker imports and that cannot be found (nothing is imported)."""
-    return [package for module, package in NEEDED_MODULES.items() if importlib.util.find_spec(module) is None]
+    return [package for module, package in NEEDED_MODULES.items() if not _importable(module)]
+
+
+def _importable(module: str) -> bool:
+    """Whether ``module`` can be imported; one already imported without a spec (PromptRegLib registers
+    ``segment_anything`` that way when torchvision is absent) counts as present."""
+    if module in sys.modules:
+        return True
+    return importlib.util.find_spec(module) is not None
 
 
 def installed_versions(names=PROTECTED) -> dict[str, str]:
