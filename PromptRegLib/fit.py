@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from .errors import Cancelled
 from .imageio import Image, tidy_direction
 from .metrics import folding_fraction
+from .views.grid import Grid
 
 
 @dataclass
@@ -36,6 +37,8 @@ class FitOptions:
     working_voxels: int = 150_000           # fixed grid is downsampled to about this many voxels
     learning_rate_mm: float = 1.0
     max_rotation_deg: float = 30.0          # larger rotations only when the pairs' centroids demand them
+    feature_weight: float = 2.0             # weight of the dense feature term (1 − mean cosine); 0: ROI pairs only
+    feature_affine: bool = True             # the feature term also refines the affine stage
 
 
 @dataclass
@@ -234,12 +237,9 @@ class _PairLoss:
                for m in moving_masks):
             raise ValueError("moving masks must share one grid")
         self.moving_soft = torch.as_tensor(np.stack([soft_mask(m) for m in moving_masks]), dtype=torch.float32)[None]
-        inverse = np.linalg.inv(moving.direction @ np.diag(moving.spacing))
-        size = np.array(moving.size, dtype=float)
-        # LPS → normalised grid_sample coordinates (x, y, z order = ITK index order)
-        self.to_normalised = torch.as_tensor(inverse * (2.0 / np.maximum(size - 1, 1))[:, None], dtype=torch.float32)
-        self.normalised_offset = torch.as_tensor(-inverse @ moving.origin * 2.0 / np.maximum(size - 1, 1) - 1.0,
-                                                 dtype=torch.float32)
+        matrix, offset = Grid.of(moving).normalised_map()
+        self.to_normalised = torch.as_tensor(matrix, dtype=torch.float32)
+        self.normalised_offset = torch.as_tensor(offset, dtype=torch.float32)
         self.weights = torch.as_tensor(weights / weights.sum(), dtype=torch.float32)
 
     def dice(self, moved_points: torch.Tensor) -> torch.Tensor:
@@ -310,11 +310,12 @@ def initial_affine(fixed_masks: list[Image], moving_masks: list[Image], weights:
 
 def fit_transform(fixed: Image, moving: Image, fixed_masks: list[np.ndarray | Image],
                   moving_masks: list[np.ndarray | Image], weights: np.ndarray | None = None,
-                  options: FitOptions | None = None, cancel=None) -> FittedTransform:
+                  options: FitOptions | None = None, cancel=None, features=None) -> FittedTransform:
     """Fit the transform mapping fixed points to moving points so each moving ROI lands on its fixed ROI.
 
     ``fixed`` gives the domain the transform is defined on (the fixed image's grid); masks are Images with their
-    own geometry, or numpy masks on ``fixed``'s / ``moving``'s grid."""
+    own geometry, or numpy masks on ``fixed``'s / ``moving``'s grid. ``features`` (a
+    :class:`~PromptRegLib.dense.FeaturePair`) adds the dense feature term, weighted by ``options.feature_weight``."""
     options = options or FitOptions()
     weights = np.ones(len(fixed_masks)) if weights is None else np.asarray(weights, dtype=float)
     fixed_masks = [as_mask_image(m, fixed) for m in fixed_masks]
@@ -325,6 +326,17 @@ def fit_transform(fixed: Image, moving: Image, fixed_masks: list[np.ndarray | Im
     reference = working_reference(fixed, options.working_voxels)
     pair_loss = _PairLoss(fixed_masks, moving_masks, weights, reference)
     points = pair_loss.points
+    feature_loss = None
+    if features is not None and options.feature_weight > 0:
+        from .dense import FeatureLoss
+        feature_loss = FeatureLoss(features, reference, points)
+
+    def objective(moved_points, with_features: bool = True):
+        loss = pair_loss.loss(moved_points)
+        if feature_loss is not None and with_features:
+            loss = loss + options.feature_weight * feature_loss.loss(moved_points)
+        return loss
+
     report = {"dice_identity": pair_loss.dice(points).tolist(), "initial_affine": how}
     matrix_t = torch.tensor(matrix, dtype=torch.float32)
     offset_t = torch.tensor(offset, dtype=torch.float32)
@@ -338,7 +350,8 @@ def fit_transform(fixed: Image, moving: Image, fixed_masks: list[np.ndarray | Im
     def affine(at_points):
         return (at_points - centre) @ (matrix_t + matrix_step / extent).T + centre @ matrix_t.T + offset_t + shift
 
-    iterations, _ = _optimise([matrix_step, shift], lambda: pair_loss.loss(affine(points)), options, cancel)
+    iterations, _ = _optimise([matrix_step, shift], lambda: objective(affine(points), options.feature_affine),
+                              options, cancel)
     matrix = (matrix_t + matrix_step / extent).detach().numpy().astype(float)
     offset = (affine(torch.zeros(1, fixed.dimension))[0]).detach().numpy().astype(float)
     if len(fixed_masks) == 1 or not plausible_affine(matrix, max_rotation_deg=max(
@@ -348,6 +361,9 @@ def fit_transform(fixed: Image, moving: Image, fixed_masks: list[np.ndarray | Im
         report["affine_refinement_refused"] = True
     affine_points = torch.as_tensor(grid_points_lps(reference) @ matrix.T + offset, dtype=torch.float32)
     report.update(dice_affine=pair_loss.dice(affine_points).tolist(), affine_iterations=iterations)
+    if feature_loss is not None:
+        report["feature_cosine_identity"] = float(feature_loss.cosine(points))
+        report["feature_cosine_affine"] = float(feature_loss.cosine(affine_points))
 
     control = None
     if options.transform == "deformable":
@@ -363,25 +379,28 @@ def fit_transform(fixed: Image, moving: Image, fixed_masks: list[np.ndarray | Im
             control_t = initial.clone().requires_grad_(True)
 
             def closure():
-                dense = upsample_field(control_t, shape)
-                return (pair_loss.loss(affine_points + dense.reshape(-1, fixed.dimension))
-                        + options.bending_weight * bending_energy(dense, reference_spacing) * spacing_mm ** 2)
+                field = upsample_field(control_t, shape)
+                return (objective(affine_points + field.reshape(-1, fixed.dimension))
+                        + options.bending_weight * bending_energy(field, reference_spacing) * spacing_mm ** 2)
 
             iterations, _ = _optimise([control_t], closure, options, cancel)
             report["deformable_iterations"].append(iterations)
             control = control_t.detach()
         dense = upsample_field(control, shape).reshape(-1, fixed.dimension)
         report["dice_deformable"] = pair_loss.dice(affine_points + dense).tolist()
+        if feature_loss is not None:
+            report["feature_cosine_deformable"] = float(feature_loss.cosine(affine_points + dense))
     return FittedTransform(matrix, offset, control, fixed, report)
 
 
 def fit_without_folding(fixed: Image, moving: Image, fixed_masks, moving_masks, weights, options: FitOptions,
-                        cancel=None, max_folding: float = 0.001, max_stiffening: int = 2):
+                        cancel=None, max_folding: float = 0.001, max_stiffening: int = 2, features=None):
     """:func:`fit_transform`, stiffened ×10 while the field folds more than ``max_folding`` and at last affine: a
     folding field explains disagreeing ROIs, not anatomy. Returns the transform, its folding fraction and the
     options that produced it."""
     for attempt in range(max_stiffening + 1):
-        transform = fit_transform(fixed, moving, fixed_masks, moving_masks, weights, options, cancel=cancel)
+        transform = fit_transform(fixed, moving, fixed_masks, moving_masks, weights, options, cancel=cancel,
+                                  features=features)
         folding = folding_fraction(jacobian_determinant(transform))
         if folding <= max_folding or options.transform == "affine":
             break

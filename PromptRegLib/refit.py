@@ -1,10 +1,12 @@
-"""Refit the transform from a previous run's written ROI pairs: reject-and-refit without the model.
+"""Refit the transform from a previous run's written ROI pairs: reject-and-refit without prompting again.
 
 Reads ``fixed_rois.seg.nrrd``, ``moving_rois.seg.nrrd`` and ``report.json`` of an output folder, keeps the
 pairs that passed the quality checks minus those the user rejects, fits the transform on them with
 :func:`PromptRegLib.fit.fit_without_folding` (weights IoU X × IoU Y, as a registration does), and writes a
 complete output folder — the ROI pairs and prompts copied, a new ``transform.h5``, ``affine.tfm``,
 ``warped_moving.nrrd`` and ``report.json`` — all or nothing (:func:`PromptRegLib.outputs.staged_output`).
+When the run refined on the model's features (``dense_refinement``), the refit does too: the same model's views
+of the two images, their embeddings read from the embedding cache — nothing is decoded.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputImageError, RegistrationError
+from .errors import CheckpointError, InputImageError, RegistrationError
 from .fit import FitOptions, fit_without_folding
 from .imageio import Image, read_image
 from .outputs import staged_output, warp_image, write_image, write_transform
@@ -87,6 +89,24 @@ def updated_pairs(pairs: list[dict], reject_pairs) -> list[dict]:
     return updated
 
 
+def refit_features(report: dict, fit_options: FitOptions, fixed_image: Image, moving_image: Image, cancel=None):
+    """The dense feature term of the run being refitted, when it had one: the model the run used, its views and
+    the embeddings (from the disk cache, so nothing is decoded and normally nothing re-encoded). Returns the
+    feature pair (or None) and what the report says about it."""
+    if fit_options.feature_weight <= 0 or report.get("dense_refinement") != "features":
+        return None, "off"
+    from .dense import feature_pair
+    from .models import load_model
+    from .views import make_views
+
+    try:
+        model = load_model(report["model"], report.get("checkpoint"), "cpu")
+    except (CheckpointError, KeyError) as error:
+        return None, f"off (the run's model is not available: {error})"
+    fixed_view, moving_view = make_views(model, fixed_image, moving_image, None, cancel)
+    return feature_pair(fixed_view, moving_view), "features"
+
+
 def refit_from_outputs(pairs_from: str | os.PathLike, output_dir: str | os.PathLike, reject_pairs=(),
                        fit_options: FitOptions | None = None, fixed: str | None = None, moving: str | None = None,
                        progress=None, cancel=None) -> Path:
@@ -112,13 +132,17 @@ def refit_from_outputs(pairs_from: str | os.PathLike, output_dir: str | os.PathL
     weights = np.array([quality[n]["iou_x"] * quality[n]["iou_y"] for n in names])
     if progress:
         progress("fitting transform", 0.1)
+    if progress:
+        progress("reading features", 0.08)
+    features, dense = refit_features(report, fit_options, fixed_image, moving_image, cancel)
     transform, folding, options_used = fit_without_folding(fixed_image, moving_image, fixed_masks, moving_masks,
-                                                           weights, fit_options, cancel)
+                                                           weights, fit_options, cancel, features=features)
     if progress:
         progress("writing outputs", 0.9)
     report.update(inputs={"fixed": fixed_image.source, "moving": moving_image.source},
                   pairs=updated_pairs(report["pairs"], reject_pairs), fit=transform.report,
                   fit_options=asdict(fit_options), fit_options_used=asdict(options_used), folding_fraction=folding,
+                  dense_refinement=dense,
                   refit={"from": str(previous), "pairs_used": names, "device": "cpu",
                          "seconds": time.perf_counter() - started})
     with staged_output(output_dir, [fixed_image.source, moving_image.source]) as staging:

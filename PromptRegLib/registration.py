@@ -100,7 +100,8 @@ def register(fixed: Image | str | Path, moving: Image | str | Path, prompts_ras=
             pair.accepted, pair.rejected_because = False, "rejected by the user"
     result = RegistrationResult(fixed_image, moving_image, fixed_view, moving_view, pairs, None)
     axis = getattr(fixed_view, "axis_lps", None)
-    result.report = {"model": segmenter.name, "device": str(segmenter.device),
+    result.report = {"model": segmenter.name, "checkpoint": str(checkpoint) if checkpoint else None,
+                     "device": str(segmenter.device),
                      "pair_options": pair_options.as_dict(), "fit_options": asdict(fit_options),
                      "working_grid": {name: _describe(view) for name, view in (("fixed", fixed_view),
                                                                                 ("moving", moving_view))},
@@ -138,9 +139,17 @@ def refit_transform(result: RegistrationResult, fit_options: FitOptions | None =
     weights = np.array([p.quality["iou_x"] * p.quality["iou_y"] for p in accepted])
     fixed_masks = [result.fixed_view.mask_image(p.roi_x.mask) for p in accepted]
     moving_masks = [result.moving_view.mask_image(p.roi_y.mask) for p in accepted]
+    features = None
+    if fit_options.feature_weight > 0:
+        if progress:
+            progress("encoding for dense refinement", 0.8)
+        from .dense import feature_pair
+        features = feature_pair(result.fixed_view, result.moving_view)
+        result.report["encoded"] = {"fixed": result.fixed_view.encoded, "moving": result.moving_view.encoded}
+    result.report["dense_refinement"] = "features" if features is not None else "off"
     transform, folding, options = fit_without_folding(result.fixed_image, result.moving_image, fixed_masks,
                                                       moving_masks, weights, replace(fit_options), cancel,
-                                                      max_folding, max_stiffening)
+                                                      max_folding, max_stiffening, features)
     result.transform = transform
     result.report.setdefault("timings_s", {})["fit"] = time.perf_counter() - mark
     result.report["fit"] = transform.report

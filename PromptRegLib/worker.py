@@ -12,7 +12,8 @@ Registration request (``"request": "register"``, the default) — keys: ``fixed`
 
 Refit request (``"request": "refit"``) — keys: ``pairs_from`` (a previous output folder) and
 ``output_dir`` (required); ``reject_pairs``, ``transform``, ``bending``; ``fixed``/``moving`` default to
-the images that run used. Decoder-free: the fit alone, from the written ROI pairs (see ``refit``).
+the images that run used. Decoder-free: the fit alone, from the written ROI pairs and the run's cached
+features (see ``refit``).
 """
 from __future__ import annotations
 

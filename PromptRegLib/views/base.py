@@ -138,6 +138,11 @@ class View(ABC):
         """Mean Dice of ROI X with its re-segmentation under small random warps (None: not supported)."""
         return None
 
+    def feature_volume(self) -> tuple[torch.Tensor, Grid] | None:
+        """The model's unit-normalised features over the whole image, (C, *grid shape), on a grid in physical
+        space, for dense refinement (None: this view cannot provide them)."""
+        return None
+
     # --- the model --------------------------------------------------------------------------------------
     @property
     @abstractmethod

@@ -89,6 +89,13 @@ class Grid:
         corners = np.array(np.meshgrid(*zip(low, high), indexing="ij")).reshape(self.dimension, -1).T
         return self.index_to_lps(corners)
 
+    def normalised_map(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(matrix, offset)`` taking LPS (N, d) to ``grid_sample`` coordinates (``align_corners=True``, ITK index
+        order): ``lps @ matrix.T + offset`` is -1 at the first voxel centre and +1 at the last along each axis."""
+        inverse = np.linalg.inv(self.direction * self.spacing)
+        scale = 2.0 / np.maximum(np.array(self.size, dtype=float) - 1, 1)
+        return inverse * scale[:, None], -inverse @ self.origin * scale - 1.0
+
     def reference(self) -> sitk.Image:
         """A one-voxel image carrying this geometry (for SimpleITK calls that need one; size set separately)."""
         image = sitk.Image([1] * self.dimension, sitk.sitkUInt8)

@@ -149,6 +149,24 @@ class SliceView(View):
             maps[:, k] = embedding.geometry.grid_to_slice(grid).numpy()
         return maps
 
+    def feature_volume(self) -> tuple[torch.Tensor, Grid]:
+        """Every slice's unit-normalised features on the model's feature grid, (C, K, g_r, g_c) (2D: (C, g_r, g_c)),
+        and that grid in physical space (cell centres; padding cells left out). Encodes the slices not yet held."""
+        embeddings = self.embeddings(range(self.shape[0]))
+        geometry = embeddings[0].geometry
+        cell = geometry.input_size / embeddings[0].features.shape[-1]      # model-input pixels per feature cell
+        step = cell / geometry.scale_xy                                       # slice pixels per cell, (x, y)
+        cols = int(np.ceil(geometry.resized_width / cell))
+        rows = int(np.ceil(geometry.resized_height / cell))
+        values = torch.stack([F.normalize(e.features.float(), dim=0)[:, :rows, :cols] for e in embeddings], dim=1)
+        first = 0.5 * step - 0.5                                              # slice pixel (x, y) of cell 0's centre
+        if self.grid.dimension == 2:
+            origin = self.grid.index_to_lps(first[None])[0]
+            return values[:, 0], Grid(origin, self.grid.spacing * step, self.grid.direction, (cols, rows))
+        origin = self.grid.index_to_lps(np.array([[first[0], first[1], 0.0]]))[0]
+        spacing = self.grid.spacing * np.array([step[0], step[1], 1.0])
+        return values, Grid(origin, spacing, self.grid.direction, (cols, rows, self.shape[0]))
+
     # --- decoding -------------------------------------------------------------------------------------
     def decode_boxes(self, slice_indices: list[int], boxes_xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Decode one box per entry on the given slices; cleaned masks (B, R, C) and predicted IoU (B,)."""

@@ -79,7 +79,7 @@ def test_a_folding_field_is_stiffened_then_falls_back_to_affine(monkeypatch):
     from PromptRegLib import fit
 
     tried = []
-    monkeypatch.setattr(fit, "fit_transform", lambda *args, cancel=None: tried.append(args[5]) or args[5])
+    monkeypatch.setattr(fit, "fit_transform", lambda *args, cancel=None, features=None: tried.append(args[5]) or args[5])
     monkeypatch.setattr(fit, "jacobian_determinant", lambda transform: transform)
     monkeypatch.setattr(fit, "folding_fraction", lambda options: 0.2 if options.transform == "deformable" else 0.0)
     _, folding, used = fit.fit_without_folding(None, None, [], [], [], FitOptions(bending_weight=10.0))

@@ -41,6 +41,7 @@ def test_progress_then_result_then_a_refit_from_the_written_pairs(ct_case, cache
     assert report["refit"]["pairs_used"] == [p["name"] for p in run.result["pairs"] if p["name"] != rejected]
     assert {p["name"]: p["rejected_because"] for p in report["pairs"]}[rejected] == "rejected by the user"
     assert report["fit_options"]["transform"] == "affine"
+    assert report["dense_refinement"] == "features"  # the run's features, from the embedding cache
     old = (Path(run.result["output_dir"]) / "transform.h5").read_bytes()
     assert (Path(refit.result["output_dir"]) / "transform.h5").read_bytes() != old
     run.cleanup()

@@ -1,0 +1,124 @@
+"""Dense refinement on the model's own features (issue I).
+
+The encoder features of both images — already computed for prompting — describe anatomy in a way that does not
+depend on the modality (SAM's encoder was the best frozen registration feature among the foundation models
+compared by Gu et al., arXiv 2507.11569). After the ROI pairs have placed the images, the fit refines the
+deformation on the cosine between fixed features and moving features sampled through φ, jointly with the
+ROI-pair overlap and the bending regulariser (:func:`PromptRegLib.fit.fit_transform`).
+
+Features are unit-normalised per location, centred and projected on a basis shared by both images (principal
+components of samples from both, so the optimiser handles a few dozen channels instead of hundreds), and
+compared at the fixed image's anatomy (its foreground, grown by one feature cell). Every position is physical:
+each feature volume carries its grid (:class:`~PromptRegLib.views.grid.Grid`), and samples are taken at LPS
+points.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+import torch.nn.functional as F
+
+from .imageio import Image
+from .views.grid import Grid
+
+
+@dataclass
+class FeaturePair:
+    """Both images' projected features (c, *shape) with their grids, and where the fixed image has anatomy."""
+
+    fixed: torch.Tensor
+    fixed_grid: Grid
+    moving: torch.Tensor
+    moving_grid: Grid
+    fixed_foreground: Image
+    channels_in: int
+
+
+def shared_basis(volumes: list[torch.Tensor], channels: int, samples: int = 20_000,
+                 seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean (C,) and the first ``channels`` principal directions (C, channels) of feature vectors sampled from
+    every volume alike (C, ...) — one basis, so projected features stay comparable across the images."""
+    generator = torch.Generator().manual_seed(seed)
+    rows = []
+    for values in volumes:
+        flat = values.reshape(values.shape[0], -1)
+        chosen = torch.randperm(flat.shape[1], generator=generator)[:samples]
+        rows.append(flat[:, chosen].T)
+    stacked = torch.cat(rows)
+    mean = stacked.mean(0)
+    _, _, right = torch.linalg.svd(stacked - mean, full_matrices=False)
+    return mean, right[: min(channels, right.shape[0])].T.contiguous()
+
+
+def project(values: torch.Tensor, mean: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """Features (C, *shape) → centred and projected (c, *shape)."""
+    flat = values.reshape(values.shape[0], -1).T
+    return ((flat - mean) @ basis).T.reshape(basis.shape[1], *values.shape[1:]).contiguous()
+
+
+def feature_pair(fixed_view, moving_view, channels: int = 24) -> FeaturePair | None:
+    """The projected features of both views (encoding the slices not yet encoded); None where a view has none."""
+    from .prompting.pairs import foreground_mask
+
+    fixed, moving = fixed_view.feature_volume(), moving_view.feature_volume()
+    if fixed is None or moving is None:
+        return None
+    (fixed_values, fixed_grid), (moving_values, moving_grid) = fixed, moving
+    mean, basis = shared_basis([fixed_values, moving_values], channels)
+    foreground = fixed_view.mask_image(foreground_mask(fixed_view))
+    return FeaturePair(project(fixed_values, mean, basis), fixed_grid, project(moving_values, mean, basis),
+                       moving_grid, foreground, int(fixed_values.shape[0]))
+
+
+def sample(values: torch.Tensor, grid: Grid, points_lps: torch.Tensor) -> torch.Tensor:
+    """``values`` (c, *grid shape) at LPS points (N, d), linear, 0 outside: (c, N)."""
+    matrix, offset = grid.normalised_map()
+    dimension = grid.dimension
+    coordinates = points_lps @ torch.as_tensor(matrix.T, dtype=torch.float32) + torch.as_tensor(offset,
+                                                                                                dtype=torch.float32)
+    coordinates = coordinates.reshape(1, *([1] * (dimension - 1)), -1, dimension)
+    sampled = F.grid_sample(values[None], coordinates, mode="bilinear", padding_mode="zeros", align_corners=True)
+    return sampled.reshape(values.shape[0], -1)
+
+
+#: fixed-anatomy points the feature term compares (a random subset of the fit's working grid beyond this)
+MAX_POINTS = 20_000
+
+
+class FeatureLoss:
+    """1 − mean cosine between fixed features and moving features sampled through φ, over the fixed anatomy.
+
+    Built for the fit's working ``reference`` grid: :meth:`loss` takes the moved positions of all its voxels
+    (in the order of :func:`PromptRegLib.fit.grid_points_lps`). Moving samples outside the moving image count
+    as dissimilar (cosine 0)."""
+
+    def __init__(self, pair: FeaturePair, reference: Image, points: torch.Tensor, max_points: int = MAX_POINTS):
+        grown = sitk.BinaryDilate(sitk.Cast(pair.fixed_foreground.sitk_image > 0.5, sitk.sitkUInt8),
+                                  [int(np.ceil(s / max(r, 1e-6))) for s, r in
+                                   zip(pair.fixed_grid.spacing, pair.fixed_foreground.spacing)])
+        on_reference = sitk.Resample(grown, reference.sitk_image, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+        foreground = torch.as_tensor(sitk.GetArrayFromImage(on_reference).ravel() > 0)
+        inside = torch.as_tensor(pair.fixed_grid.contains(points.numpy(), margin_voxels=0.0))
+        index = torch.nonzero(foreground & inside).ravel()
+        if len(index) > max_points:  # features vary over cells of several mm: a fixed random subset suffices
+            chosen = torch.randperm(len(index), generator=torch.Generator().manual_seed(0))[:max_points]
+            index = index[torch.sort(chosen).values]
+        self.index = index
+        self.fixed = F.normalize(sample(pair.fixed, pair.fixed_grid, points[self.index]), dim=0)
+        self.moving = torch.cat([pair.moving, torch.ones(1, *pair.moving.shape[1:])])
+        self.moving_grid = pair.moving_grid
+
+    def cosine(self, moved_points: torch.Tensor) -> torch.Tensor:
+        """Mean cosine similarity over the fixed anatomy."""
+        if len(self.index) == 0:
+            return moved_points.new_zeros(())
+        sampled = sample(self.moving, self.moving_grid, moved_points[self.index])
+        inside = sampled[-1].clamp(0, 1)
+        cosine = (self.fixed * F.normalize(sampled[:-1], dim=0)).sum(0) * inside
+        return cosine.mean()
+
+    def loss(self, moved_points: torch.Tensor) -> torch.Tensor:
+        return 1.0 - self.cosine(moved_points)
