@@ -105,6 +105,8 @@ def _pair_and_fit_options(args):
     fit_options = FitOptions(transform=args.transform)
     if args.bending is not None:
         fit_options.bending_weight = args.bending
+    if args.feature_weight is not None:
+        fit_options.feature_weight = args.feature_weight
     return pair_options, fit_options
 
 
@@ -117,7 +119,8 @@ def command_register(args) -> int:
     progress = ProgressBar(args.quiet)
     try:
         result = register(args.fixed, args.moving, points, boxes, args.model, args.checkpoint, args.device,
-                          pair_options, fit_options, pairs_only=args.pairs_only, progress=progress)
+                          pair_options, fit_options, pairs_only=args.pairs_only, progress=progress,
+                          prompts_px=[parse_point_list(p) for p in args.prompt_px or []])
         progress("writing outputs", 0.95)
         write_registration(result, args.output)
     finally:
@@ -190,11 +193,16 @@ def build_parser() -> argparse.ArgumentParser:
     register.add_argument("-o", "--output", required=True, help="output folder")
     register.add_argument("--prompt", action="append", help="click R,A,S on the fixed image (repeatable)")
     register.add_argument("--prompts", action="append", help="Slicer markups .mrk.json with clicks")
+    register.add_argument("--prompt-px", action="append",
+                          help="click X,Y[,Z] in pixels of the fixed image (X = column, Y = row, Z = slice; from 0, "
+                               "the image's own index order; repeatable) — for images without physical units")
     register.add_argument("--box", action="append", help="box R1,A1,S1,R2,A2,S2 on the fixed image")
     register.add_argument("--auto-pairs", type=int, help="sampled prompts on top of yours (default 6 in 2D, 0 in 3D)")
     register.add_argument("--warps", type=int, help="spatial perturbations per ROI (default 2 in 2D, 0 in 3D)")
     register.add_argument("--transform", default="deformable", choices=["affine", "deformable"])
     register.add_argument("--bending", type=float, help="regularisation weight (default 10)")
+    register.add_argument("--feature-weight", type=float,
+                          help="weight of the dense refinement on the model's features (default 2; 0: ROI pairs only)")
     register.add_argument("--pairs-only", action="store_true", help="find ROI pairs, fit no transform")
     _add_model_arguments(register)
     register.set_defaults(run=command_register)

@@ -49,6 +49,18 @@ def _as_image(image: Image | str | Path) -> Image:
     return read_image(image)
 
 
+def pixel_to_lps(image: Image, pixel) -> np.ndarray:
+    """A click in ``image``'s pixels (x = column, y = row[, z = slice], from 0) → LPS mm."""
+    index = np.asarray(pixel, dtype=float).ravel()
+    if index.size != image.dimension:
+        raise PromptError(f"pixel prompt {tuple(float(v) for v in index)} needs {image.dimension} values "
+                          f"(x = column, y = row{', z = slice' if image.dimension == 3 else ''}).")
+    if not image.contains_index(index[None])[0]:
+        raise PromptError(f"pixel prompt {tuple(float(v) for v in index)} lies outside {image.source} "
+                          f"(size {tuple(image.size)}).")
+    return image.index_to_lps(index[None])[0]
+
+
 def _check_prompts(points: list, boxes: list, dimension: int) -> None:
     if len(points) + len(boxes) > MAX_PROMPTS:
         raise PromptError(f"{len(points) + len(boxes)} prompts given; at most {MAX_PROMPTS} are used — "
@@ -62,10 +74,12 @@ def register(fixed: Image | str | Path, moving: Image | str | Path, prompts_ras=
              model: str = "litemedsam", checkpoint: str | None = None, device: str = "auto",
              pair_options: PairOptions | None = None, fit_options: FitOptions | None = None,
              pairs_only: bool = False, cache: EmbeddingCache | None = None, progress=None, cancel=None,
-             reject_pairs=(), slice_options: SliceOptions | None = None) -> RegistrationResult:
+             reject_pairs=(), slice_options: SliceOptions | None = None, prompts_px=()) -> RegistrationResult:
     """Register ``moving`` to ``fixed`` from corresponding ROIs.
 
-    ``prompts_ras``: clicks on the fixed image (RAS mm); ``boxes_ras``: boxes as two opposite RAS corners.
+    ``prompts_ras``: clicks on the fixed image (RAS mm); ``prompts_px``: clicks in the fixed image's pixels
+    (x = column, y = row[, z = slice], from 0, its own index order — for images without physical units);
+    ``boxes_ras``: boxes as two opposite RAS corners.
     ``progress(stage, fraction)`` is called as work proceeds; ``cancel()`` returning True stops the run
     (raising :class:`Cancelled`). With ``pairs_only`` no transform is fitted. Pairs named in ``reject_pairs``
     are kept in the report but not used (the embeddings are cached, so rejecting and re-running is cheap).
@@ -77,6 +91,7 @@ def register(fixed: Image | str | Path, moving: Image | str | Path, prompts_ras=
     require_same_dimension(fixed_image, moving_image)
     check_memory(fixed_image, moving_image)
     points_lps = [ras_to_lps(np.asarray(p, dtype=float))[: fixed_image.dimension] for p in prompts_ras]
+    points_lps += [pixel_to_lps(fixed_image, p) for p in prompts_px]
     boxes_lps = [ras_to_lps(np.asarray(b, dtype=float).reshape(2, -1))[:, : fixed_image.dimension].ravel()
                  for b in boxes_ras]
     _check_prompts(points_lps, boxes_lps, fixed_image.dimension)

@@ -8,10 +8,10 @@ left). This is the only way the Slicer module talks to the library, so a crash h
 Registration request (``"request": "register"``, the default) — keys: ``fixed``, ``moving``, ``output_dir``
 (required); ``prompts_ras`` [[R, A, S], …], ``prompts_file`` (.mrk.json), ``boxes_ras``
 [[R1, A1, S1, R2, A2, S2], …], ``model``, ``checkpoint``, ``device``, ``auto_pairs``, ``warps``,
-``transform``, ``bending``, ``pairs_only``, ``reject_pairs``.
+``transform``, ``bending``, ``feature_weight``, ``pairs_only``, ``reject_pairs``.
 
 Refit request (``"request": "refit"``) — keys: ``pairs_from`` (a previous output folder) and
-``output_dir`` (required); ``reject_pairs``, ``transform``, ``bending``; ``fixed``/``moving`` default to
+``output_dir`` (required); ``reject_pairs``, ``transform``, ``bending``, ``feature_weight``; ``fixed``/``moving`` default to
 the images that run used. Decoder-free: the fit alone, from the written ROI pairs and the run's cached
 features (see ``refit``).
 """
@@ -57,6 +57,8 @@ def fit_options_from(request: dict):
     fit_options = FitOptions(transform=request.get("transform", "deformable"))
     if request.get("bending") is not None:
         fit_options.bending_weight = float(request["bending"])
+    if request.get("feature_weight") is not None:
+        fit_options.feature_weight = float(request["feature_weight"])
     return fit_options
 
 

@@ -36,6 +36,8 @@ def test_segment_writes_a_slicer_segmentation(fixed_2d, tmp_path, cache_dir, cap
      "not found"),
     (["register", "{fixed}", "{volume}", "--prompt", LUNG_2D], 3, "2D"),
     (["register", "{fixed}", "{fixed}", "--auto-pairs", "0"], 4, "no prompts"),
+    (["register", "{fixed}", "{fixed}", "--prompt-px", "900,10"], 4, "outside"),
+    (["register", "{fixed}", "{fixed}", "--prompt-px", "10,10,3"], 4, "needs 2 values"),
 ])
 def test_bad_input_is_one_line_with_its_exit_code(arguments, code, message, fixed_2d, data_dir, tmp_path, capsys,
                                                   cache_dir):
@@ -93,3 +95,20 @@ def test_images_in_different_places_are_aligned_by_their_centres(data_dir, tmp_p
     assert pair.accepted, pair.rejected_because
     offset = pair.prompt_y_lps - pair.prompt_x_lps
     assert abs(offset[0] - 500) < 40 and abs(offset[1] - 500) < 40
+
+
+def test_pixel_prompts_are_the_same_clicks_as_their_physical_points(tmp_path):
+    """x = column, y = row through the image's own geometry (spacing, flipped axes, origin)."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from PromptRegLib.imageio import Image, lps_to_ras
+    from PromptRegLib.registration import pixel_to_lps
+
+    image = sitk.Image([80, 30], sitk.sitkFloat32)
+    image.SetSpacing([0.357, 0.5])
+    image.SetDirection([-1.0, 0.0, 0.0, 1.0])
+    image.SetOrigin([12.0, -3.0])
+    lps = pixel_to_lps(Image(image, "slide"), (63, 9))
+    assert np.allclose(lps, [12.0 - 63 * 0.357, -3.0 + 9 * 0.5])
+    assert np.allclose(lps_to_ras(lps), [-(12.0 - 63 * 0.357), 3.0 - 9 * 0.5])
