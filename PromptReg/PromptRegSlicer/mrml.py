@@ -156,10 +156,19 @@ def load_point_list(path: Path, name: str, node=None):
 
 
 def load_transform(path: Path, name: str, node=None):
-    """The worker's ``transform.h5`` (ITK, LPS, fixed → moving): Slicer stores it as the FromParent transform."""
+    """The worker's ``transform.h5`` (ITK, LPS, fixed → moving): Slicer stores it as the FromParent transform.
+
+    The file's control-grid field is exact under *linear* interpolation (as ITK reads it); Slicer would
+    interpolate a grid cubically and move points up to a tenth of a millimetre elsewhere, so the grid is set
+    to linear."""
     node = node or slicer.vtkMRMLGridTransformNode()
     node.SetName(name)
-    return _read(node, slicer.vtkMRMLTransformStorageNode(), path)
+    node = _read(node, slicer.vtkMRMLTransformStorageNode(), path)
+    grid = node.GetTransformFromParent()
+    if hasattr(grid, "SetInterpolationModeToLinear"):
+        grid.SetInterpolationModeToLinear()
+        node.Modified()
+    return node
 
 
 def segment_names_and_colors(segmentation_node) -> list[tuple[str, tuple[float, float, float]]]:
