@@ -10,7 +10,9 @@ Stages (all in physical units, spacing- and direction-aware):
 2. affine refinement on the mean per-pair soft Dice;
 3. deformable: a displacement on a coarse control grid (upsampled linearly to the image), optimised with
    Adam on (1 − mean per-pair soft Dice) + λ·bending energy, coarse to fine, stopping on convergence.
-The mean of per-pair Dice (not one pooled Dice) lets small structures count.
+The mean of per-pair Dice (not one pooled Dice) lets small structures count. Given the model's features of both
+images (:class:`~PromptRegLib.dense.FeaturePair`), stages 2 and 3 also minimise ``feature_weight`` × (1 − mean
+feature cosine) over the fixed anatomy (dense refinement, :mod:`PromptRegLib.dense`).
 """
 from __future__ import annotations
 
