@@ -104,7 +104,8 @@ def refit_features(report: dict, fit_options: FitOptions, fixed_image: Image, mo
     except (CheckpointError, KeyError) as error:
         return None, f"off (the run's model is not available: {error})"
     fixed_view, moving_view = make_views(model, fixed_image, moving_image, None, cancel)
-    return feature_pair(fixed_view, moving_view), "features"
+    features = feature_pair(fixed_view, moving_view)
+    return features, "features" if features is not None else "off"
 
 
 def refit_from_outputs(pairs_from: str | os.PathLike, output_dir: str | os.PathLike, reject_pairs=(),
@@ -131,10 +132,10 @@ def refit_from_outputs(pairs_from: str | os.PathLike, output_dir: str | os.PathL
     quality = {p["name"]: p for p in report["pairs"]}
     weights = np.array([quality[n]["iou_x"] * quality[n]["iou_y"] for n in names])
     if progress:
-        progress("fitting transform", 0.1)
-    if progress:
         progress("reading features", 0.08)
     features, dense = refit_features(report, fit_options, fixed_image, moving_image, cancel)
+    if progress:
+        progress("fitting transform", 0.1)
     transform, folding, options_used = fit_without_folding(fixed_image, moving_image, fixed_masks, moving_masks,
                                                            weights, fit_options, cancel, features=features)
     if progress:
