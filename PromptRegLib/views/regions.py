@@ -52,12 +52,15 @@ def clean_mask(mask: np.ndarray) -> np.ndarray:
 
 def dilate_mm(mask: np.ndarray, spacing_mm: np.ndarray, radius_mm: float) -> np.ndarray:
     """A (K, R, C) mask grown by ``radius_mm`` along each axis (box neighbourhood; an axis whose spacing
-    exceeds the radius is not grown)."""
+    exceeds the radius is not grown). A box maximum is separable: one 1D pass per axis, O(voxels × radius)."""
     radius = [int(np.floor(radius_mm / s)) if np.isfinite(s) else 0 for s in spacing_mm]
     if not any(radius):
         return mask.copy()
-    kernel = [2 * r + 1 for r in radius]
-    grown = F.max_pool3d(torch.as_tensor(mask, dtype=torch.float32)[None, None], kernel, stride=1, padding=radius)
+    grown = torch.as_tensor(mask, dtype=torch.float32)[None, None]
+    for axis, r in enumerate(radius):
+        if r:
+            kernel = [2 * r + 1 if a == axis else 1 for a in range(3)]
+            grown = F.max_pool3d(grown, kernel, stride=1, padding=[r if a == axis else 0 for a in range(3)])
     return grown[0, 0].numpy() > 0
 
 
