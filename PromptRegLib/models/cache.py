@@ -220,7 +220,7 @@ def _unlink(path: Path) -> int:
 
 def describe_disk_caches(clear: bool = False) -> list[str]:
     """Where the embedding cache and the exported encoders are, and their size; ``clear`` empties both first."""
-    from .openvino_runtime import clear_exports, export_dir, exported_bytes
+    from .encoder_runtime import clear_exports, export_dir, exported_bytes
 
     cache = EmbeddingCache()
     lines = []

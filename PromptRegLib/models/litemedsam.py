@@ -5,9 +5,8 @@ strictly and offline. Preprocessing follows its training: longest side to 256, i
 (we window per volume, not per slice, so neighbouring slices stay comparable), three equal channels,
 zero padding at the bottom/right.
 
-On CPU the image encoder and the box decoder run in OpenVINO at f32 where they can (:mod:`.openvino_runtime`:
-same features and logits to 1e-5, same masks, faster), each loaded when first needed; ``encoder_runtime`` and
-``decoder_runtime`` say which ran.
+On CPU the image encoder runs in OpenVINO at f32 where it can (:mod:`.encoder_runtime`: same features to 1e-5,
+same masks, faster), loaded at the first slice to encode; ``encoder_runtime`` says which ran.
 """
 from __future__ import annotations
 
@@ -21,7 +20,7 @@ from ..errors import CheckpointError
 from . import timm_shim
 from .base import PromptableSegmenter
 from .cache import file_digest
-from .openvino_runtime import RUNTIME_NAME, load_openvino_box_decoder, load_openvino_encoder, runtime_wanted
+from .encoder_runtime import RUNTIME_NAME, load_openvino_encoder, runtime_wanted
 
 
 def fuse_batch_norms(module: torch.nn.Module) -> None:
@@ -59,12 +58,11 @@ class LiteMedSAM(PromptableSegmenter):
         fuse_batch_norms(self.net.image_encoder)  # measured: 5 % faster on CPU
         self.checkpoint = str(path)
         self.weights_digest = file_digest(path)
-        self._runtime_encoder = self._runtime_box_decoder = None
-        self.decoder_runtime = "torch"
+        self._runtime_encoder = None
         if self.device.type == "cpu":  # measured: 35–45 % faster convolutions, same features to 1e-5
             self.net.image_encoder.to(memory_format=torch.channels_last)
             if runtime_wanted():  # loaded at the first slice to encode: a warm cache never loads it
-                self.encoder_runtime = self.decoder_runtime = None
+                self.encoder_runtime = None
 
     def _normalize(self, resized_01):
         return resized_01[None].expand(3, -1, -1)
@@ -83,32 +81,12 @@ class LiteMedSAM(PromptableSegmenter):
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         return self.net.image_encoder(inputs).contiguous()
 
-    def _decode_boxes_in_runtime(self, features, boxes_uv):
-        """Low-resolution logits and IoU from the OpenVINO box decoder, or None where torch must answer."""
-        if self.decoder_runtime is None:
-            self._runtime_box_decoder = load_openvino_box_decoder(
-                self.net.prompt_encoder, self.net.mask_decoder, tuple(features.shape[1:]),
-                f"{self.name}-{self.weights_digest}")
-            self.decoder_runtime = "torch" if self._runtime_box_decoder is None else RUNTIME_NAME
-        if self._runtime_box_decoder is None:
-            return None
-        try:
-            return self._runtime_box_decoder(features, boxes_uv)
-        except Exception:  # noqa: BLE001 — the runtime failed at run time: torch from now on
-            self._runtime_box_decoder, self.decoder_runtime = None, "torch"
-            return None
-
     def _decode(self, features, boxes_uv, points_uv, point_labels):
-        answer = None
-        if boxes_uv is not None and points_uv is None and features.device.type == "cpu":
-            answer = self._decode_boxes_in_runtime(features, boxes_uv)
-        if answer is None:
-            points = None if points_uv is None else (points_uv, point_labels)
-            sparse, dense = self.net.prompt_encoder(points=points, masks=None,
-                                                    boxes=None if boxes_uv is None else boxes_uv[:, None])
-            answer = self.net.mask_decoder(image_embeddings=features, image_pe=self.net.prompt_encoder.get_dense_pe(),
-                                           sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-                                           multimask_output=False)
-        low_res, iou = answer
+        points = None if points_uv is None else (points_uv, point_labels)
+        sparse, dense = self.net.prompt_encoder(points=points, boxes=None if boxes_uv is None else boxes_uv[:, None],
+                                                masks=None)
+        low_res, iou = self.net.mask_decoder(image_embeddings=features, image_pe=self.net.prompt_encoder.get_dense_pe(),
+                                             sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                                             multimask_output=False)
         logits = F.interpolate(low_res, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
         return logits, iou

@@ -1,4 +1,4 @@
-"""LiteMedSAM's encoder and box decoder in OpenVINO: torch's masks, exported once, torch whenever it cannot run."""
+"""LiteMedSAM's encoder in OpenVINO: torch's masks, exported once, torch whenever it cannot run."""
 import sys
 
 import numpy as np
@@ -6,9 +6,9 @@ import openvino
 import SimpleITK as sitk
 import torch
 
-from PromptRegLib.models import openvino_runtime
+from PromptRegLib.models import encoder_runtime
 from PromptRegLib.models.cache import EmbeddingCache
-from PromptRegLib.models.openvino_runtime import RUNTIME_NAME, load_openvino_encoder
+from PromptRegLib.models.encoder_runtime import RUNTIME_NAME, load_openvino_encoder
 from PromptRegLib.models.litemedsam import LiteMedSAM
 
 
@@ -24,7 +24,7 @@ def test_exported_once_atomically_and_equal_to_torch(tmp_path, monkeypatch):
     exported = list(tmp_path.iterdir())  # the final folder only, no staging folder left
     assert first is not None and len(exported) == 1 and exported[0].name.startswith("tiny-0123-ov")
     with monkeypatch.context() as patched:
-        patched.setattr(openvino_runtime, "_export", _refuse_export)
+        patched.setattr(encoder_runtime, "_export", _refuse_export)
         again = load_openvino_encoder(network, 32, "tiny-0123")  # a later run compiles what is there
     with torch.no_grad():
         expected = network(inputs)
@@ -79,23 +79,4 @@ def test_openvino_gives_the_torch_paths_masks_on_ct(data_dir, tmp_path, monkeypa
                  for m, e in ((runtime, ours), (reference, theirs))]
         ious += [np.logical_and(a, b).sum() / max(1, np.logical_or(a, b).sum()) for a, b in zip(*masks)]
     assert (runtime.encoder_runtime, reference.encoder_runtime) == (RUNTIME_NAME, "torch")
-    assert (runtime.decoder_runtime, reference.decoder_runtime) == (RUNTIME_NAME, "torch")
     assert len(ious) >= 10 and min(ious) >= 0.99
-
-
-def test_the_box_decoder_gives_torchs_logits_and_falls_back_when_it_fails(tmp_path):
-    model = LiteMedSAM(device="cpu", cache=EmbeddingCache(False))
-    features = torch.randn(3, 256, 64, 64, generator=torch.Generator().manual_seed(1))
-    boxes = torch.tensor([[20.0, 30.0, 120.0, 150.0], [100.0, 90.0, 200.0, 230.0], [0.0, 0.0, 255.0, 255.0]])
-    with torch.inference_mode():
-        logits, iou = model._decode(features, boxes, None, None)
-    assert model.decoder_runtime == RUNTIME_NAME
-
-    def broken(*_inputs):
-        raise RuntimeError("device lost")
-
-    model._runtime_box_decoder = broken
-    with torch.inference_mode():
-        torch_logits, torch_iou = model._decode(features, boxes, None, None)
-    assert model.decoder_runtime == "torch"
-    assert float((logits - torch_logits).abs().max()) < 1e-3 and float((iou - torch_iou).abs().max()) < 1e-4
