@@ -53,10 +53,15 @@ def shared_basis(volumes: list[torch.Tensor], channels: int, samples: int = 20_0
     return mean, right[: min(channels, right.shape[0])].T.contiguous()
 
 
-def project(values: torch.Tensor, mean: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
-    """Features (C, *shape) → centred and projected (c, *shape)."""
-    flat = values.reshape(values.shape[0], -1).T
-    return ((flat - mean) @ basis).T.reshape(basis.shape[1], *values.shape[1:]).contiguous()
+def project(values: torch.Tensor, mean: torch.Tensor, basis: torch.Tensor, chunk: int = 65_536) -> torch.Tensor:
+    """Features (C, *shape) → centred and projected (c, *shape), a chunk of locations at a time (no centred copy
+    of the whole C-channel volume: on a clinical grid that copy is ~300 MB)."""
+    flat = values.reshape(values.shape[0], -1)
+    weights, shift = basis.T.contiguous(), basis.T @ mean
+    projected = torch.empty(basis.shape[1], flat.shape[1])
+    for start in range(0, flat.shape[1], chunk):
+        projected[:, start: start + chunk] = weights @ flat[:, start: start + chunk] - shift[:, None]
+    return projected.reshape(basis.shape[1], *values.shape[1:])
 
 
 def feature_pair(fixed_view, moving_view, channels: int = 24) -> FeaturePair | None:

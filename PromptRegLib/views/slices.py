@@ -158,7 +158,9 @@ class SliceView(View):
         step = cell / geometry.scale_xy                                       # slice pixels per cell, (x, y)
         cols = int(np.ceil(geometry.resized_width / cell))
         rows = int(np.ceil(geometry.resized_height / cell))
-        values = torch.stack([F.normalize(e.features.float(), dim=0)[:, :rows, :cols] for e in embeddings], dim=1)
+        values = torch.empty(embeddings[0].features.shape[0], len(embeddings), rows, cols)  # filled in place:
+        for k, embedding in enumerate(embeddings):                                       # one volume in memory
+            values[:, k] = F.normalize(embedding.features.float()[:, :rows, :cols], dim=0)
         first = 0.5 * step - 0.5                                              # slice pixel (x, y) of cell 0's centre
         if self.grid.dimension == 2:
             origin = self.grid.index_to_lps(first[None])[0]
