@@ -340,7 +340,8 @@ def _promptreg(case: Case, quick: bool, progress, second_click: bool = True) -> 
 def _promptreg_auto(case: Case, quick: bool, progress,
                     auto_pairs: int = DEFAULT_AUTO_PAIRS) -> tuple[sitk.Transform, dict]:
     """Zero clicks: sampled prompts only."""
-    return _promptreg(dataclasses.replace(case, prompts_ras=[], auto_pairs=auto_pairs), quick, progress, False)
+    return _promptreg(dataclasses.replace(case, prompts_ras=[], auto_pairs=auto_pairs), quick, progress,
+                      second_click=False)
 
 
 def _grey(image: sitk.Image) -> sitk.Image:
