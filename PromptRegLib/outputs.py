@@ -31,13 +31,14 @@ def segment_color(index: int) -> tuple[float, float, float]:
 def staged_output(output_dir: str | os.PathLike, inputs: list[str] = ()):
     """Yield a temporary folder; on success move its files into ``output_dir``; on any error remove it.
 
-    A failed write inside (disk full, …) becomes an :class:`OutputError` naming the reason.
+    A failed write inside (disk full, …) becomes an :class:`OutputError` naming the reason. The temporary
+    folder is named ``.promptreg-<output name>-…``, so one left by a killed process says whose it was.
     """
     output_dir = Path(output_dir)
     input_paths = {Path(p).resolve() for p in inputs if p}
     try:
         output_dir.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".promptreg-", dir=output_dir.parent))
+        staging = Path(tempfile.mkdtemp(prefix=f".promptreg-{output_dir.name}-", dir=output_dir.parent))
     except OSError as error:
         raise OutputError(f"cannot write to {output_dir.parent}: {error.strerror}.") from None
     try:

@@ -74,7 +74,8 @@ def register(fixed: Image | str | Path, moving: Image | str | Path, prompts_ras=
              model: str = "litemedsam", checkpoint: str | None = None, device: str = "auto",
              pair_options: PairOptions | None = None, fit_options: FitOptions | None = None,
              pairs_only: bool = False, cache: EmbeddingCache | None = None, progress=None, cancel=None,
-             reject_pairs=(), slice_options: SliceOptions | None = None, prompts_px=()) -> RegistrationResult:
+             reject_pairs=(), slice_options: SliceOptions | None = None, prompts_px=(),
+             segmenter=None) -> RegistrationResult:
     """Register ``moving`` to ``fixed`` from corresponding ROIs.
 
     ``prompts_ras``: clicks on the fixed image (RAS mm); ``prompts_px``: clicks in the fixed image's pixels
@@ -83,6 +84,8 @@ def register(fixed: Image | str | Path, moving: Image | str | Path, prompts_ras=
     ``progress(stage, fraction)`` is called as work proceeds; ``cancel()`` returning True stops the run
     (raising :class:`Cancelled`). With ``pairs_only`` no transform is fitted. Pairs named in ``reject_pairs``
     are kept in the report but not used (the embeddings are cached, so rejecting and re-running is cheap).
+    ``segmenter``: an already loaded model (from :func:`~PromptRegLib.models.load_model`) to use instead of
+    loading ``model`` again — a long-lived process (a batch worker) keeps its weights and in-memory cache.
     """
     timings: dict[str, float] = {}
     started = time.perf_counter()
@@ -101,7 +104,8 @@ def register(fixed: Image | str | Path, moving: Image | str | Path, prompts_ras=
         raise PromptError("no prompts given and --auto-pairs is 0: give at least one --prompt or some auto pairs.")
 
     report("loading model", 0.0)
-    segmenter = load_model(model, checkpoint, device, cache)
+    segmenter = segmenter if segmenter is not None else load_model(model, checkpoint, device, cache)
+    hits, misses = segmenter.cache.hits, segmenter.cache.misses  # a reused model's counts are cumulative
     fixed_view, moving_view = make_views(segmenter, fixed_image, moving_image, slice_options, cancel)
     timings["load"] = time.perf_counter() - started
 
@@ -124,7 +128,8 @@ def register(fixed: Image | str | Path, moving: Image | str | Path, prompts_ras=
                      "native_3d": bool(getattr(segmenter, "native_3d", False)),
                      "encoded": {"fixed": fixed_view.encoded, "moving": moving_view.encoded},
                      "intensity_window": {"fixed": fixed_view.window, "moving": moving_view.window},
-                     "embedding_cache": {"hits": segmenter.cache.hits, "misses": segmenter.cache.misses},
+                     "embedding_cache": {"hits": segmenter.cache.hits - hits,
+                                         "misses": segmenter.cache.misses - misses},
                      "timings_s": timings}
     if pairs_only:
         return result
