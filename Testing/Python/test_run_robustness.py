@@ -56,6 +56,7 @@ def test_cancel_at_every_stage_stops_the_run(ct_case, cache_dir):
 
 def test_two_runs_at_once_on_one_cold_cache_agree_and_leave_it_sound(ct_case, tmp_path, monkeypatch):
     monkeypatch.setenv("PROMPTREG_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # two processes × two threads on two cores: 142 s instead of ~50 s
     fixed, moving, prompts = pair_2d(ct_case)
     request = {"fixed": fixed, "moving": moving, "prompts_ras": prompts, "auto_pairs": 0, "warps": 0}
     runs = [WorkerRun(work_root=str(tmp_path)).start(request) for _ in range(2)]
