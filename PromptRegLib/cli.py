@@ -1,4 +1,4 @@
-"""The ``promptreg`` command line: segment, register, demo, bench, cache.
+"""The ``promptreg`` command line: segment, register, batch, demo, bench, cache.
 
 Errors of ours print one line (``promptreg: error: …``) and exit with the error's code; nothing is
 half-written.
@@ -136,6 +136,20 @@ def command_register(args) -> int:
     return 0
 
 
+def command_batch(args) -> int:
+    from .batch import run_batch
+
+    records = run_batch(args.pairs, args.output, scheduler=args.scheduler, workers=args.workers,
+                        threads_per_worker=args.threads_per_worker, retry_failed=args.retry_failed, quiet=args.quiet)
+    failed = [r for r in records if r["status"] != "done"]
+    print(f"{len(records) - len(failed)} of {len(records)} pairs done; summary in {Path(args.output) / 'summary.csv'}")
+    if failed:
+        codes = ", ".join(f"{r['id']} (exit {r.get('exit_code')})" for r in failed)
+        print(f"promptreg: {len(failed)} pair(s) failed: {codes}; their messages are in summary.csv", file=sys.stderr)
+        return 1
+    return 0
+
+
 def command_demo(args) -> int:
     from .bench import load_cases, run_promptreg_case
 
@@ -206,6 +220,23 @@ def build_parser() -> argparse.ArgumentParser:
     register.add_argument("--pairs-only", action="store_true", help="find ROI pairs, fit no transform")
     _add_model_arguments(register)
     register.set_defaults(run=command_register)
+
+    batch = commands.add_parser("batch", help="register every pair of a CSV table on Dask (resumable)",
+                                description="Register every row of PAIRS.csv (id,fixed,moving,prompts[,options]) "
+                                            "into OUTPUT/<id>/ on Dask; see the README's 'Cohorts' section.")
+    batch.add_argument("pairs", help="PAIRS.csv: id,fixed,moving,prompts (+ optional columns); paths relative to it")
+    batch.add_argument("-o", "--output", required=True, help="output folder: one sub-folder per pair id, summary.*")
+    batch.add_argument("--scheduler", help="address of a running Dask scheduler (tcp://host:8786); default: a local "
+                                           "cluster sized to this machine")
+    batch.add_argument("--workers", type=int, help="local worker processes (default: cores / threads, fewer when "
+                                                   "memory is short)")
+    batch.add_argument("--threads-per-worker", type=int,
+                       help="compute threads each pair uses (default 1 on a local cluster; each worker runs one pair "
+                            "at a time)")
+    batch.add_argument("--retry-failed", action="store_true",
+                       help="also re-run pairs that failed before with an input, prompt or no-pair error")
+    batch.add_argument("--quiet", action="store_true", help="no progress bar")
+    batch.set_defaults(run=command_batch)
 
     demo = commands.add_parser("demo", help="register the shared example pairs and write all outputs")
     demo.add_argument("--data", default="../shared/data")
