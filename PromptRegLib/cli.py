@@ -231,8 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--workers", type=int, help="local worker processes (default: cores / threads, fewer when "
                                                    "memory is short)")
     batch.add_argument("--threads-per-worker", type=int,
-                       help="compute threads each pair uses (default 1 on a local cluster; each worker runs one pair "
-                            "at a time)")
+                       help="compute threads each pair uses (local cluster default: 2, or the cores shared among "
+                            "--workers; each worker runs one pair at a time)")
     batch.add_argument("--retry-failed", action="store_true",
                        help="also re-run pairs that failed before with an input, prompt or no-pair error")
     batch.add_argument("--quiet", action="store_true", help="no progress bar")

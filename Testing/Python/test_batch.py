@@ -125,10 +125,10 @@ def test_a_worker_killed_while_writing_a_pair_leaves_no_partial_folder(pairs_csv
     from distributed import Client, LocalCluster
 
     from PromptRegLib.batch import run_batch
-    from PromptRegLib.batch.run import ALLOWED_WORKER_DEATHS
+    from PromptRegLib.batch.run import local_cluster_config
 
     output = tmp_path / "out"
-    with dask.config.set({"distributed.scheduler.allowed-failures": ALLOWED_WORKER_DEATHS}):
+    with dask.config.set(local_cluster_config(threads=1)):
         cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
     client = Client(cluster)
     killed: list[str] = []
