@@ -60,11 +60,16 @@ lps_to_ras = ras_to_lps
 
 
 class Image:
-    """A scalar image (2D or 3D) as float32 with its geometry (origin, spacing, direction in LPS)."""
+    """A scalar image (2D or 3D) as float32 with its geometry (origin, spacing, direction in LPS).
 
-    def __init__(self, sitk_image: sitk.Image, source: str = "<memory>"):
+    ``colour``: for a 2D colour file (RGB photographs, stained slides), its three channels as a float32 vector
+    image on the same grid — what the model is shown; the scalar image (luminance) serves everything else.
+    """
+
+    def __init__(self, sitk_image: sitk.Image, source: str = "<memory>", colour: sitk.Image | None = None):
         self.sitk_image = sitk_image
         self.source = source
+        self.colour = colour
         self._array: np.ndarray | None = None
 
     @property
@@ -132,7 +137,7 @@ class Image:
         return Image(image, self.source)
 
 
-def _to_scalar(image: sitk.Image, path: str) -> sitk.Image:
+def to_scalar(image: sitk.Image, path: str) -> sitk.Image:
     components = image.GetNumberOfComponentsPerPixel()
     if components == 1:
         return sitk.Cast(image, sitk.sitkFloat32)
@@ -182,11 +187,9 @@ def single_slice_to_2d(image: sitk.Image, path: str) -> sitk.Image:
     return flat
 
 
-def read_image(path: str | os.PathLike, max_voxels: int | None = None) -> Image:
-    """Read a 2D or 3D image (NRRD, NIfTI, MHA, PNG, JPEG, TIFF, ...) and check it is usable.
-
-    A 3D image with a single slice is returned as 2D. Raises :class:`InputImageError` naming the problem.
-    """
+def read_stored(path: str | os.PathLike, max_voxels: int | None = None) -> sitk.Image:
+    """The image as stored — its own pixel type and channels — with the geometry :func:`read_image` gives it (a
+    4D file's first volume, a one-slice volume as 2D, tidied direction). Raises :class:`InputImageError`."""
     path = str(path)
     max_voxels = max_voxels or int(os.environ.get("PROMPTREG_MAX_VOXELS", DEFAULT_MAX_VOXELS))
     if not Path(path).is_file():
@@ -211,8 +214,25 @@ def read_image(path: str | os.PathLike, max_voxels: int | None = None) -> Image:
         image = image[:, :, :, 0]
     if image.GetDimension() == 3 and 1 in image.GetSize():
         image = single_slice_to_2d(image, path)
-    image = tidy_direction(_to_scalar(image, path))
-    return validate_image(Image(image, path))
+    return tidy_direction(image)
+
+
+def read_image(path: str | os.PathLike, max_voxels: int | None = None) -> Image:
+    """Read a 2D or 3D image (NRRD, NIfTI, MHA, PNG, JPEG, TIFF, ...) as float32 and check it is usable.
+
+    A 3D image with a single slice is returned as 2D; RGB(A) becomes its luminance. Raises
+    :class:`InputImageError` naming the problem.
+    """
+    stored = read_stored(path, max_voxels)
+    return validate_image(Image(to_scalar(stored, str(path)), str(path), colour_channels(stored)))
+
+
+def colour_channels(stored: sitk.Image) -> sitk.Image | None:
+    """A 2D RGB(A) image's red, green and blue channels as one float32 vector image; None for anything else."""
+    if stored.GetDimension() != 2 or stored.GetNumberOfComponentsPerPixel() not in (3, 4):
+        return None
+    channels = [sitk.Cast(sitk.VectorIndexSelectionCast(stored, c), sitk.sitkFloat32) for c in range(3)]
+    return sitk.Compose(channels)
 
 
 def validate_image(image: Image) -> Image:

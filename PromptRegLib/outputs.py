@@ -172,10 +172,39 @@ def write_transform(path: Path, transform: sitk.Transform) -> None:
     sitk.WriteTransform(transform, str(path))
 
 
+def _stored_pixels(moving: Image) -> sitk.Image | None:
+    """The moving file's own image where its pixels differ from the float32 scalar copy (RGB, integers), else None
+    (float32 files, images built in memory)."""
+    if not Path(moving.source).is_file():
+        return None
+    from .imageio import read_stored
+
+    stored = read_stored(moving.source)
+    if stored.GetNumberOfComponentsPerPixel() == 1 and stored.GetPixelID() == sitk.sitkFloat32:
+        return None
+    return stored if tuple(stored.GetSize()) == tuple(moving.size) else None
+
+
 def warp_image(moving: Image, fixed: Image, transform: sitk.Transform) -> sitk.Image:
-    """The moving image resampled on the fixed grid through the fixed → moving transform (linear)."""
-    background = float(np.min(moving.array))
-    return sitk.Resample(moving.sitk_image, fixed.sitk_image, transform, sitk.sitkLinear, background)
+    """The moving image resampled on the fixed grid through the fixed → moving transform (linear), in the moving
+    file's own pixel type and channels: an RGB photograph gives an RGB image, an int16 CT an int16 CT (rounded and
+    clipped to the type's range); outside the moving image: its minimum (black for colour)."""
+    stored = _stored_pixels(moving)
+    if stored is None:
+        background = float(np.min(moving.array))
+        return sitk.Resample(moving.sitk_image, fixed.sitk_image, transform, sitk.sitkLinear, background)
+    vector = stored.GetNumberOfComponentsPerPixel() > 1
+    background = 0.0 if vector else float(np.min(moving.array))
+    warped = sitk.Resample(stored, fixed.sitk_image, transform, sitk.sitkLinear, background,
+                           sitk.sitkVectorFloat32 if vector else sitk.sitkFloat32)
+    dtype = sitk.GetArrayViewFromImage(stored).dtype
+    values = sitk.GetArrayFromImage(warped)
+    if np.issubdtype(dtype, np.integer):
+        limits = np.iinfo(dtype)
+        values = np.clip(np.rint(values), limits.min, limits.max)
+    result = sitk.GetImageFromArray(values.astype(dtype), isVector=vector)
+    result.CopyInformation(warped)
+    return result
 
 
 def _jsonable(value):

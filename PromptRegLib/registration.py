@@ -45,7 +45,8 @@ class RegistrationResult:
 def _as_image(image: Image | str | Path) -> Image:
     """Read a path; images built in memory get the same checks and direction tidying as files."""
     if isinstance(image, Image):
-        return validate_image(Image(tidy_direction(image.sitk_image), image.source))
+        colour = None if image.colour is None else tidy_direction(image.colour)
+        return validate_image(Image(tidy_direction(image.sitk_image), image.source, colour))
     return read_image(image)
 
 
@@ -141,7 +142,8 @@ def register(fixed: Image | str | Path, moving: Image | str | Path, prompts_ras=
 def _describe(view: View) -> dict:
     """The working grid a view saw its image on, for the report."""
     return {"size": list(view.grid.size), "spacing_mm": [round(float(v), 4) for v in view.grid.spacing],
-            "direction": np.round(view.grid.direction, 6).tolist()}
+            "direction": np.round(view.grid.direction, 6).tolist(),
+            "model_input": "colour" if getattr(view, "colour01", None) is not None else "grey"}
 
 
 def refit_transform(result: RegistrationResult, fit_options: FitOptions | None = None, progress=None,

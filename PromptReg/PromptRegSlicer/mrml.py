@@ -126,8 +126,24 @@ def _read(node, storage_node, path: Path):
     return node
 
 
+def _nrrd_is_colour(path: Path) -> bool:
+    """True for a NRRD whose pixels have several components (its ``kinds`` field names a vector or colour axis)."""
+    if Path(path).suffix != ".nrrd":
+        return False
+    with open(path, "rb") as handle:
+        header = handle.read(8192).split(b"\n\n")[0]
+    kinds = [line for line in header.splitlines() if line.startswith(b"kinds:")]
+    return bool(kinds) and any(word in kinds[0].lower() for word in (b"vector", b"color"))
+
+
 def load_volume(path: Path, name: str, node=None):
-    node = node or slicer.vtkMRMLScalarVolumeNode()
+    """A volume file into ``node`` (a new scalar volume node by default); a colour file (RGB photograph or slide)
+    into a vector volume node, as Slicer shows colour images — replacing a scalar ``node`` given for it."""
+    colour = _nrrd_is_colour(path)
+    if colour and node is not None and not node.IsA("vtkMRMLVectorVolumeNode"):
+        _scene().RemoveNode(node)
+        node = None
+    node = node or (slicer.vtkMRMLVectorVolumeNode() if colour else slicer.vtkMRMLScalarVolumeNode())
     node.SetName(name)
     storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
     storage.SetSingleFile(True)  # never read neighbouring files as a series

@@ -142,3 +142,15 @@ def test_refit_updates_the_transform_and_reuses_every_output_node(flow):
 def test_refit_keeps_only_its_own_run_folder(flow):
     assert not flow["first"]["run"].folder.exists()  # replaced: nothing piles up in the temporary folder
     assert flow["logic"].lastRun is flow["second"]["run"] and flow["second"]["run"].folder.exists()
+
+
+def test_a_colour_warped_image_loads_as_a_colour_volume_replacing_a_grey_output_node(tmp_path):
+    """An RGB moving image gives an RGB ``warped_moving.nrrd`` (issue K): Slicer shows it as a vector volume."""
+    slicer.mrmlScene = slicer.vtkMRMLScene()
+    rgb = (np.random.default_rng(0).random((20, 30, 3)) * 255).astype(np.uint8)
+    sitk.WriteImage(sitk.GetImageFromArray(rgb, isVector=True), str(tmp_path / "warped_moving.nrrd"))
+    grey = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "earlier output")
+    node = mrml.load_volume(tmp_path / "warped_moving.nrrd", "moving registered", grey)
+    assert node.IsA("vtkMRMLVectorVolumeNode") and node.GetImageData().GetNumberOfScalarComponents() == 3
+    assert slicer.mrmlScene.GetNodesByName("earlier output").GetNumberOfItems() == 0
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(node).squeeze(), rgb)
