@@ -7,12 +7,6 @@ import numpy as np
 import SimpleITK as sitk
 
 
-def _picture(view, k: int) -> np.ndarray:
-    """Slice ``k`` as the model saw it: (R, C) grey or (R, C, 3) colour, in [0, 1]."""
-    picture = view.model_slice(k) if hasattr(view, "model_slice") else view.intensities01[k]
-    return picture.transpose(1, 2, 0) if picture.ndim == 3 else picture
-
-
 def draw_pairs(path: Path, result, warped_moving=None) -> None:
     """Fixed with ROI X, moving with ROI Y, warped moving with ROI X: on the first accepted pair's seed slice of
     each view (the slices the model saw, in their canonical orientation). ``warped_moving``: a SimpleITK image on
@@ -28,17 +22,15 @@ def draw_pairs(path: Path, result, warped_moving=None) -> None:
     pairs = result.accepted_pairs or result.pairs
     k_fixed = pairs[0].roi_x.seed_slice if pairs else fixed_view.shape[0] // 2
     k_moving = pairs[0].roi_y.seed_slice if pairs else moving_view.shape[0] // 2
-    panels = [("fixed + ROI X", _picture(fixed_view, k_fixed), [(p, p.roi_x.mask[k_fixed]) for p in pairs]),
-              ("moving + ROI Y", _picture(moving_view, k_moving), [(p, p.roi_y.mask[k_moving]) for p in pairs])]
+    panels = [("fixed + ROI X", fixed_view.intensities01[k_fixed], [(p, p.roi_x.mask[k_fixed]) for p in pairs]),
+              ("moving + ROI Y", moving_view.intensities01[k_moving], [(p, p.roi_y.mask[k_moving]) for p in pairs])]
     if warped_moving is not None:
         low, high = fixed_view.window
-        if warped_moving.GetNumberOfComponentsPerPixel() > 1:                      # colour: shown in colour
-            from .views.slices import colour_on_grid
-            picture = colour_on_grid(sitk.Cast(warped_moving, sitk.sitkVectorFloat32), fixed_view.window,
-                                     fixed_view.grid).transpose(1, 2, 0)
-        else:
-            warped = resample_onto(warped_moving, fixed_view.grid, low, antialias=False)
-            picture = np.clip((warped - low) / (high - low), 0, 1).reshape(fixed_view.shape)[k_fixed]
+        channels = [warped_moving] if warped_moving.GetNumberOfComponentsPerPixel() == 1 else \
+            [sitk.VectorIndexSelectionCast(warped_moving, c) for c in range(3)]           # colour: shown in colour
+        pictures = [np.clip((resample_onto(c, fixed_view.grid, low, antialias=False) - low) / (high - low), 0, 1)
+                    .reshape(fixed_view.shape)[k_fixed] for c in channels]
+        picture = pictures[0] if len(pictures) == 1 else np.stack(pictures, axis=-1)
         panels.append(("registered moving + ROI X", picture, [(p, p.roi_x.mask[k_fixed]) for p in pairs]))
     figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 5))
     for axis, (title, picture, contours) in zip(np.atleast_1d(axes), panels):

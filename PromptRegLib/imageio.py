@@ -60,16 +60,11 @@ lps_to_ras = ras_to_lps
 
 
 class Image:
-    """A scalar image (2D or 3D) as float32 with its geometry (origin, spacing, direction in LPS).
+    """A scalar image (2D or 3D) as float32 with its geometry (origin, spacing, direction in LPS)."""
 
-    ``colour``: for a 2D colour file (RGB photographs, stained slides), its three channels as a float32 vector
-    image on the same grid — what the model is shown; the scalar image (luminance) serves everything else.
-    """
-
-    def __init__(self, sitk_image: sitk.Image, source: str = "<memory>", colour: sitk.Image | None = None):
+    def __init__(self, sitk_image: sitk.Image, source: str = "<memory>"):
         self.sitk_image = sitk_image
         self.source = source
-        self.colour = colour
         self._array: np.ndarray | None = None
 
     @property
@@ -223,16 +218,7 @@ def read_image(path: str | os.PathLike, max_voxels: int | None = None) -> Image:
     A 3D image with a single slice is returned as 2D; RGB(A) becomes its luminance. Raises
     :class:`InputImageError` naming the problem.
     """
-    stored = read_stored(path, max_voxels)
-    return validate_image(Image(to_scalar(stored, str(path)), str(path), colour_channels(stored)))
-
-
-def colour_channels(stored: sitk.Image) -> sitk.Image | None:
-    """A 2D RGB(A) image's red, green and blue channels as one float32 vector image; None for anything else."""
-    if stored.GetDimension() != 2 or stored.GetNumberOfComponentsPerPixel() not in (3, 4):
-        return None
-    channels = [sitk.Cast(sitk.VectorIndexSelectionCast(stored, c), sitk.sitkFloat32) for c in range(3)]
-    return sitk.Compose(channels)
+    return validate_image(Image(to_scalar(read_stored(path, max_voxels), str(path)), str(path)))
 
 
 def validate_image(image: Image) -> Image:

@@ -45,8 +45,7 @@ class RegistrationResult:
 def _as_image(image: Image | str | Path) -> Image:
     """Read a path; images built in memory get the same checks and direction tidying as files."""
     if isinstance(image, Image):
-        colour = None if image.colour is None else tidy_direction(image.colour)
-        return validate_image(Image(tidy_direction(image.sitk_image), image.source, colour))
+        return validate_image(Image(tidy_direction(image.sitk_image), image.source))
     return read_image(image)
 
 
@@ -142,8 +141,7 @@ def register(fixed: Image | str | Path, moving: Image | str | Path, prompts_ras=
 def _describe(view: View) -> dict:
     """The working grid a view saw its image on, for the report."""
     return {"size": list(view.grid.size), "spacing_mm": [round(float(v), 4) for v in view.grid.spacing],
-            "direction": np.round(view.grid.direction, 6).tolist(),
-            "model_input": "colour" if getattr(view, "colour01", None) is not None else "grey"}
+            "direction": np.round(view.grid.direction, 6).tolist()}
 
 
 def refit_transform(result: RegistrationResult, fit_options: FitOptions | None = None, progress=None,

@@ -57,13 +57,11 @@ class SliceGeometry:
         return (np.asarray(points_uv, dtype=float) + 0.5) / self.scale_xy - 0.5
 
     def slice_to_input(self, slice_01: np.ndarray, normalize=lambda resized: resized[None]) -> torch.Tensor:
-        """A slice (H, W) — or a colour slice (3, H, W) — in [0, 1] → resized, ``normalize``d to (C, h, w),
-        zero-padded bottom/right: (C, S, S)."""
-        tensor = torch.as_tensor(np.ascontiguousarray(slice_01), dtype=torch.float32)
-        tensor = tensor[None, None] if tensor.dim() == 2 else tensor[None]
+        """A slice (H, W) in [0, 1] → resized, ``normalize``d to (C, h, w), zero-padded bottom/right: (C, S, S)."""
+        tensor = torch.as_tensor(np.ascontiguousarray(slice_01), dtype=torch.float32)[None, None]
         resized = F.interpolate(tensor, size=(self.resized_height, self.resized_width), mode="bilinear",
-                                align_corners=False, antialias=True)[0]
-        channels = normalize(resized[0] if len(resized) == 1 else resized)
+                                align_corners=False, antialias=True)[0, 0]
+        channels = normalize(resized)
         padded = torch.zeros(channels.shape[0], self.input_size, self.input_size)
         padded[:, : self.resized_height, : self.resized_width] = channels
         return padded
@@ -102,11 +100,6 @@ class Embedding:
     geometry: SliceGeometry
 
 
-def as_rgb(resized_01: torch.Tensor) -> torch.Tensor:
-    """A grey slice (h, w) repeated into three channels; a colour slice (3, h, w) as it is."""
-    return resized_01 if resized_01.dim() == 3 else resized_01[None].expand(3, -1, -1)
-
-
 class PromptableSegmenter(ABC):
     """A SAM-family model: ``encode`` a slice once, ``decode`` many prompts against it."""
 
@@ -128,8 +121,7 @@ class PromptableSegmenter(ABC):
     # --- to implement -------------------------------------------------------------------------------
     @abstractmethod
     def _normalize(self, resized_01: torch.Tensor) -> torch.Tensor:
-        """A resized slice (h, w), or colour slice (3, h, w), in [0, 1] → the model's input channels (3, h, w),
-        before padding (see :func:`as_rgb`)."""
+        """A resized slice (h, w) in [0, 1] → the model's input channels (3, h, w), before padding."""
 
     @abstractmethod
     def _encode_inputs(self, inputs: torch.Tensor) -> torch.Tensor:
@@ -153,14 +145,13 @@ class PromptableSegmenter(ABC):
 
     def encode(self, slices_01: list[np.ndarray], pixel_spacing_yx: tuple[float, float],
                batch_size: int | None = None) -> list[Embedding]:
-        """Encode slices (each (H, W), or (3, H, W) in colour, in [0, 1]); results come from the cache when the
-        input is unchanged.
+        """Encode slices (each (H, W) in [0, 1]); results come from the cache when the input is unchanged.
 
         ``batch_size`` None: one slice at a time on CPU (measured: batches of 4 cost 1.4–1.8× more per slice
         with LiteMedSAM on 2 cores), 8 on a GPU.
         """
         batch_size = batch_size or (8 if self.device.type == "cuda" else 1)
-        geometries = [SliceGeometry.fit(*s.shape[-2:], pixel_spacing_yx, self.input_size) for s in slices_01]
+        geometries = [SliceGeometry.fit(*s.shape, pixel_spacing_yx, self.input_size) for s in slices_01]
         inputs = [g.slice_to_input(s, self._normalize) for g, s in zip(geometries, slices_01)]
         keys = [hashlib.sha1(self.cache_tag.encode() + x.numpy().tobytes()).hexdigest() for x in inputs]
         features: dict[int, torch.Tensor] = {}

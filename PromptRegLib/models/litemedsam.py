@@ -18,7 +18,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from ..errors import CheckpointError
 from . import timm_shim
-from .base import PromptableSegmenter, as_rgb
+from .base import PromptableSegmenter
 from .cache import file_digest
 from .encoder_runtime import RUNTIME_NAME, load_openvino_encoder, runtime_wanted
 
@@ -65,7 +65,7 @@ class LiteMedSAM(PromptableSegmenter):
                 self.encoder_runtime = None
 
     def _normalize(self, resized_01):
-        return as_rgb(resized_01)
+        return resized_01[None].expand(3, -1, -1)
 
     def _encode_inputs(self, inputs):
         if self.encoder_runtime is None:

@@ -58,7 +58,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import CheckpointError
-from .base import PromptableSegmenter, as_rgb
+from .base import PromptableSegmenter
 from .cache import EmbeddingCache
 
 #: bump when the feature recipe changes: it is part of every cache key
@@ -285,7 +285,7 @@ class PatchSlices(PromptableSegmenter):
         return f"{self.name}-recipe{RECIPE_VERSION}"
 
     def _normalize(self, resized_01):
-        return as_rgb(resized_01)
+        return resized_01[None].expand(3, -1, -1)
 
     def _encode_inputs(self, inputs):
         return patch_features(inputs.mean(dim=1, keepdim=True), self.kernels)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import CheckpointError
-from .base import PromptableSegmenter, as_rgb
+from .base import PromptableSegmenter
 from .cache import file_digest
 
 CHECKPOINT_SOURCES = {
@@ -70,7 +70,7 @@ class SAM(PromptableSegmenter):
         self.weights_digest = file_digest(path)
 
     def _normalize(self, resized_01):
-        return (as_rgb(resized_01) * 255.0 - self.pixel_mean) / self.pixel_std
+        return (resized_01[None].expand(3, -1, -1) * 255.0 - self.pixel_mean) / self.pixel_std
 
     def _encode_inputs(self, inputs):
         return self.net.image_encoder(inputs)

@@ -60,19 +60,12 @@ def intensity_window(array: np.ndarray, low_percentile: float = 0.5, high_percen
     return float(low), float(high)
 
 
-def windowed(image: Image | sitk.Image, window: tuple[float, float]) -> sitk.Image:
+def windowed(image: Image, window: tuple[float, float]) -> sitk.Image:
     """The image mapped to [0, 1] through ``window`` (clipped), float32 — before any resampling, so padding
     far below the window (CT's -3024) never bleeds into the anatomy's edge."""
     low, high = window
-    scalar = image.sitk_image if isinstance(image, Image) else image
-    scaled = (sitk.Cast(scalar, sitk.sitkFloat32) - low) / (high - low)
+    scaled = (sitk.Cast(image.sitk_image, sitk.sitkFloat32) - low) / (high - low)
     return sitk.Clamp(scaled, sitk.sitkFloat32, 0.0, 1.0)
-
-
-def colour_on_grid(colour: sitk.Image, window: tuple[float, float], grid: Grid) -> np.ndarray:
-    """A 2D colour image's channels through the luminance ``window``, on ``grid``: (3, R, C) in [0, 1]."""
-    return np.stack([resample_onto(windowed(sitk.VectorIndexSelectionCast(colour, c), window), grid, 0.0)
-                     for c in range(3)])
 
 
 def in_plane_extent_mm(image_grid: Grid, axis_lps: int) -> float:
@@ -113,9 +106,6 @@ class SliceView(View):
         self.intensities01 = resample_onto(windowed(image, self.window), self.grid, 0.0)
         if self.grid.dimension == 2:
             self.intensities01 = self.intensities01[None]
-        #: (1, 3, R, C): what the model sees of a 2D colour image (its channels, not the luminance)
-        self.colour01 = None if image.colour is None or self.grid.dimension != 2 else \
-            colour_on_grid(image.colour, self.window, self.grid)[None]
         self.pixel_spacing = (float(self.grid.spacing[0]), float(self.grid.spacing[0]))
         self._embeddings: dict[int, Embedding] = {}
 
@@ -131,12 +121,8 @@ class SliceView(View):
         for k in sorted({k for k in slice_indices if k not in self._embeddings}):
             if self.cancel and self.cancel():
                 raise Cancelled("registration cancelled")
-            self._embeddings[k] = self.model.encode([self.model_slice(k)], self.pixel_spacing)[0]
+            self._embeddings[k] = self.model.encode([self.intensities01[k]], self.pixel_spacing)[0]
         return [self._embeddings[k] for k in slice_indices]
-
-    def model_slice(self, k: int) -> np.ndarray:
-        """Slice ``k`` as the model is shown it: (R, C) grey, or (3, R, C) for a colour image, in [0, 1]."""
-        return self.intensities01[k] if self.colour01 is None else self.colour01[k]
 
     # --- features ---------------------------------------------------------------------------------------
     def _feature_sum(self, embedding: Embedding, mask2d: np.ndarray) -> torch.Tensor:
@@ -334,7 +320,7 @@ class SliceView(View):
         scores = []
         for _ in range(warps):
             matrix = _warp_matrix(rng, options, original.shape, self.pixel_spacing[0])
-            embedding = self.model.encode([_apply_warp(self.model_slice(k), matrix)], self.pixel_spacing)[0]
+            embedding = self.model.encode([_apply_warp(self.intensities01[k], matrix)], self.pixel_spacing)[0]
             corners = np.array([[box[0], box[1], 1], [box[2], box[1], 1], [box[0], box[3], 1], [box[2], box[3], 1]])
             moved = (matrix @ corners.T)[:2].T
             logits, _ = self.model.decode([embedding], boxes_xy=np.array([[*moved.min(0), *moved.max(0)]]))
@@ -357,17 +343,16 @@ def _warp_matrix(rng: np.random.Generator, options, shape: tuple[int, int], pixe
 
 
 def _apply_warp(image: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-    """Resample a 2D array (R, C), or each channel of (3, R, C), so that output(p) = input(matrix⁻¹ p) (p as
-    pixel (x, y)), bilinear."""
-    rows, cols = image.shape[-2:]
+    """Resample a 2D array so that output(p) = input(matrix⁻¹ p) (p as pixel (x, y)), bilinear."""
+    rows, cols = image.shape
     inverse = np.linalg.inv(matrix)
     ys, xs = np.mgrid[0:rows, 0:cols].astype(float)
     mapped = (inverse @ np.stack([xs.ravel(), ys.ravel(), np.ones(xs.size)]))[:2]
     grid = np.stack([mapped[0] / max(cols - 1, 1) * 2 - 1, mapped[1] / max(rows - 1, 1) * 2 - 1], axis=-1)
     grid = torch.as_tensor(grid.reshape(1, rows, cols, 2), dtype=torch.float32)
-    channels = torch.as_tensor(image, dtype=torch.float32).reshape(1, -1, rows, cols)
-    sampled = F.grid_sample(channels, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-    return sampled[0].reshape(image.shape).numpy()
+    sampled = F.grid_sample(torch.as_tensor(image, dtype=torch.float32)[None, None], grid, mode="bilinear",
+                            padding_mode="zeros", align_corners=True)
+    return sampled[0, 0].numpy()
 
 
 def _next_box(mask: np.ndarray, previous_box: np.ndarray, margin: float, max_shrink: float) -> np.ndarray:
