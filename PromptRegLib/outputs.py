@@ -172,37 +172,41 @@ def write_transform(path: Path, transform: sitk.Transform) -> None:
     sitk.WriteTransform(transform, str(path))
 
 
-def _stored_pixels(moving: Image) -> sitk.Image | None:
-    """The moving file's own image where its pixels differ from the float32 scalar copy (RGB, integers), else None
-    (float32 files, images built in memory)."""
+def _stored_type(moving: Image) -> tuple[int, int] | None:
+    """(pixel type, components) of the moving image's file, from its header; None for images built in memory."""
     if not Path(moving.source).is_file():
         return None
-    from .imageio import read_stored
-
-    stored = read_stored(moving.source)
-    if stored.GetNumberOfComponentsPerPixel() == 1 and stored.GetPixelID() == sitk.sitkFloat32:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(moving.source)
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:  # changed on disk since: write the float32 copy
         return None
-    return stored if tuple(stored.GetSize()) == tuple(moving.size) else None
+    return reader.GetPixelID(), reader.GetNumberOfComponents()
 
 
 def warp_image(moving: Image, fixed: Image, transform: sitk.Transform) -> sitk.Image:
     """The moving image resampled on the fixed grid through the fixed → moving transform (linear), in the moving
-    file's own pixel type and channels: an RGB photograph gives an RGB image, an int16 CT an int16 CT (rounded and
-    clipped to the type's range); outside the moving image: its minimum (black for colour)."""
-    stored = _stored_pixels(moving)
-    if stored is None:
+    file's own pixel type and channels: an RGB photograph gives an RGB image (its file read again), an int16 CT an
+    int16 CT (rounded and clipped to the type's range); outside the moving image: its minimum (black for colour)."""
+    stored = _stored_type(moving)
+    if stored is not None and stored[1] > 1:
+        from .imageio import read_stored
+
+        colour = read_stored(moving.source)
+        warped = sitk.Resample(colour, fixed.sitk_image, transform, sitk.sitkLinear, 0.0, sitk.sitkVectorFloat32)
+        dtype = sitk.GetArrayViewFromImage(colour).dtype
+    else:
         background = float(np.min(moving.array))
-        return sitk.Resample(moving.sitk_image, fixed.sitk_image, transform, sitk.sitkLinear, background)
-    vector = stored.GetNumberOfComponentsPerPixel() > 1
-    background = 0.0 if vector else float(np.min(moving.array))
-    warped = sitk.Resample(stored, fixed.sitk_image, transform, sitk.sitkLinear, background,
-                           sitk.sitkVectorFloat32 if vector else sitk.sitkFloat32)
-    dtype = sitk.GetArrayViewFromImage(stored).dtype
+        warped = sitk.Resample(moving.sitk_image, fixed.sitk_image, transform, sitk.sitkLinear, background)
+        if stored is None or stored[0] == sitk.sitkFloat32:
+            return warped
+        dtype = sitk.GetArrayViewFromImage(sitk.Image(1, 1, stored[0])).dtype
     values = sitk.GetArrayFromImage(warped)
     if np.issubdtype(dtype, np.integer):
         limits = np.iinfo(dtype)
         values = np.clip(np.rint(values), limits.min, limits.max)
-    result = sitk.GetImageFromArray(values.astype(dtype), isVector=vector)
+    result = sitk.GetImageFromArray(values.astype(dtype), isVector=values.ndim > fixed.dimension)
     result.CopyInformation(warped)
     return result
 
