@@ -8,6 +8,7 @@ down. The Qt-free helpers are the package ``PromptRegSlicer`` (MRML ↔ files, d
 """
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import sys
@@ -24,6 +25,8 @@ from slicer.util import VTKObservationMixin
 from PromptRegSlicer import dependencies, mrml
 
 MODELS = ["litemedsam", "sam-vit-b", "sam-vit-l", "sam-vit-h", "sam-med3d"]
+PRESETS = ["Quick", "Default", "Accurate"]   # PromptRegLib.presets, by their panel names
+LIVE_DELAY_MS = 400                          # a burst of prompt changes starts one run, this long after the last
 
 
 class PromptReg(ScriptedLoadableModule):
@@ -49,6 +52,8 @@ class PromptRegParameterNode:
     movingVolume: slicer.vtkMRMLScalarVolumeNode
     promptX: slicer.vtkMRMLMarkupsFiducialNode
     boxPrompt: slicer.vtkMRMLMarkupsROINode
+    preset: str = "Default"
+    liveMode: bool = True
     model: str = "litemedsam"
     checkpoint: str = ""
     device: str = "auto"
@@ -63,6 +68,8 @@ class PromptRegParameterNode:
     promptY: slicer.vtkMRMLMarkupsFiducialNode
     outputTransform: slicer.vtkMRMLTransformNode
     warpedVolume: slicer.vtkMRMLScalarVolumeNode
+    jacobianVolume: slicer.vtkMRMLScalarVolumeNode
+    checkerboardVolume: slicer.vtkMRMLScalarVolumeNode
 
 
 #: output role (PromptRegSlicer.mrml) → parameter name
@@ -85,6 +92,13 @@ class PromptRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer = qt.QTimer()
         self._timer.setInterval(200)
         self._timer.timeout.connect(self._poll)
+        self._liveTimer = qt.QTimer()
+        self._liveTimer.setSingleShot(True)
+        self._liveTimer.setInterval(LIVE_DELAY_MS)
+        self._liveTimer.timeout.connect(self._onLiveChange)
+        self._pendingLive = None      # "register" (a Prompt X changed) or "correct" (a Prompt Y moved)
+        self._quiet = False           # True while results or an undo write into the prompt nodes
+        self._observedPrompts = []
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -96,9 +110,10 @@ class PromptRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.modelComboBox.addItems(MODELS)
         self.ui.deviceComboBox.addItems(["auto", "cpu", "cuda"])
         self.ui.transformComboBox.addItems(["deformable", "affine"])
-        self.ui.pairsTable.setColumnCount(7)
-        self.ui.pairsTable.setHorizontalHeaderLabels(["Pair", "Used", "IoU X", "IoU Y", "Similarity", "Size ratio",
-                                                      "Reason"])
+        self.ui.presetComboBox.addItems(PRESETS)
+        self.ui.pairsTable.setColumnCount(8)
+        self.ui.pairsTable.setHorizontalHeaderLabels(["Pair", "Used", "Dice registered", "IoU X", "IoU Y",
+                                                      "Similarity", "Size ratio", "Reason"])
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.exampleButton.connect("clicked(bool)", self.onLoadExample)
@@ -107,7 +122,16 @@ class PromptRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.registerButton.connect("clicked(bool)", lambda: self.onRun(pairsOnly=False))
         self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
         self.ui.rejectButton.connect("clicked(bool)", self.onRejectAndRefit)
+        self.ui.correctButton.connect("clicked(bool)", self.onCorrect)
+        self.ui.undoButton.connect("clicked(bool)", self.onUndo)
+        self.ui.redoButton.connect("clicked(bool)", self.onRedo)
+        self.ui.compareButton.connect("clicked(bool)", self.onCompare)
+        self.ui.jacobianButton.connect("clicked(bool)", self.onShowJacobian)
         self.ui.showLogButton.connect("clicked(bool)", self.onShowLog)
+        for keys, slot in ((qt.QKeySequence.Undo, self.onUndo), (qt.QKeySequence.Redo, self.onRedo)):
+            shortcut = qt.QShortcut(qt.QKeySequence(keys), self.parent)
+            shortcut.setContext(qt.Qt.WidgetWithChildrenShortcut)  # this panel's, not Slicer's own Ctrl+Z
+            shortcut.connect("activated()", slot)
         self.ui.promptWidget.connect("markupsNodeChanged()", self.onPromptNodeChanged)
         self.ui.checkpointPathLineEdit.connect("currentPathChanged(QString)", self.onCheckpointChanged)
         self.initializeParameterNode()
@@ -118,7 +142,7 @@ class PromptRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.onCancel()
         if run is not None:  # Slicer is closing: let the background stop finish (about a second at most)
             run.join_cancel(timeout=3.0)
-        self.logic.discardLastRun()
+        self.logic.discardHistory()
         self.removeObservers()
 
     def enter(self):
@@ -131,7 +155,7 @@ class PromptRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSceneStartClose(self, caller, event):
         self.onCancel()
-        self.logic.discardLastRun()
+        self.logic.discardHistory()
         self._lastPairs = []
         self.setParameterNode(None)
 
@@ -155,10 +179,49 @@ class PromptRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.ui.promptWidget.setCurrentNode(self._parameterNode.promptX)
             self.ui.checkpointPathLineEdit.currentPath = self._parameterNode.checkpoint
+        self._observePrompts()
+
+    # --- live mode: prompt changes start runs --------------------------------------------------------------
+    def _observePrompts(self):
+        """Watch Prompt X (added, moved, removed → register again) and Prompt Y (moved → correct those pairs)."""
+        for node, event, callback in self._observedPrompts:
+            self.removeObserver(node, event, callback)
+        self._observedPrompts = []
+        p = self._parameterNode
+        if not p:
+            return
+        markups = slicer.vtkMRMLMarkupsNode
+        for node, kind in ((p.promptX, "register"), (p.promptY, "correct")):
+            if node is None:
+                continue
+            events = [markups.PointEndInteractionEvent, markups.PointPositionDefinedEvent]
+            if kind == "register":
+                events.append(markups.PointRemovedEvent)
+            callback = lambda caller, event, kind=kind: self._onPromptChanged(kind)  # noqa: E731
+            for event in events:
+                self.addObserver(node, event, callback)
+                self._observedPrompts.append((node, event, callback))
+
+    def _onPromptChanged(self, kind: str):
+        p = self._parameterNode
+        if self._quiet or not p or not p.liveMode or not self.logic.canRefit():
+            return  # live once a first result (and its cached embeddings) exists
+        self._pendingLive = "register" if "register" in (kind, self._pendingLive) else "correct"
+        self._liveTimer.start()  # restarts: one run after the last change of a burst
+
+    def _onLiveChange(self):
+        kind, self._pendingLive = self._pendingLive, None
+        if self._run is not None:  # a change while a run is going cancels it and starts again
+            self.onCancel()
+        if kind == "register":
+            self.onRun(pairsOnly=False)
+        elif kind == "correct":
+            self.onCorrect()
 
     def onPromptNodeChanged(self):
         if self._parameterNode:
             self._parameterNode.promptX = self.ui.promptWidget.currentNode()
+            self._observePrompts()
 
     def onCheckpointChanged(self, path):
         if self._parameterNode:
@@ -169,6 +232,7 @@ class PromptRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not p.promptX:
             p.promptX = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "Prompt X")
             self.ui.promptWidget.setCurrentNode(p.promptX)
+            self._observePrompts()
         slicer.modules.markups.logic().SetActiveList(p.promptX)
         interaction = slicer.app.applicationLogic().GetInteractionNode()
         interaction.SetPlaceModePersistence(1)
@@ -190,7 +254,10 @@ class PromptRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.findPairsButton.enabled = not running
         self.ui.registerButton.enabled = not running
         self.ui.exampleButton.enabled = not running
-        self.ui.rejectButton.enabled = not running and self.logic.canRefit()
+        for button in (self.ui.rejectButton, self.ui.correctButton, self.ui.compareButton, self.ui.jacobianButton):
+            button.enabled = not running and self.logic.canRefit()
+        self.ui.undoButton.enabled = not running and self.logic.canUndo()
+        self.ui.redoButton.enabled = not running and self.logic.canRedo()
         self.ui.cancelButton.enabled = running
         self.ui.progressBar.visible = running
 
@@ -227,6 +294,50 @@ class PromptRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self._watch(run, "Refitting from the ROI pairs (no re-encoding)…")
 
+    def onCorrect(self):
+        try:
+            run = self.logic.startCorrection(self._parameterNode)
+        except Exception as error:
+            slicer.util.errorDisplay(f"PromptReg could not refit: {error}", detailedText=traceback.format_exc())
+            return
+        if run is None:
+            self.ui.statusLabel.text = "No Prompt Y was moved: drag a pair's Prompt Y on the moving volume first."
+            return
+        self._watch(run, "Segmenting ROI Y at the moved Prompt Y and refitting (cached embeddings)…")
+
+    def onUndo(self):
+        self._showHistory(self.logic.undo, "Undone")
+
+    def onRedo(self):
+        self._showHistory(self.logic.redo, "Redone")
+
+    def _showHistory(self, step, what: str):
+        if self._run is not None or not (self.logic.canUndo() if step == self.logic.undo else self.logic.canRedo()):
+            return
+        self._quiet = True
+        try:
+            nodes = step(self._parameterNode)
+        finally:
+            self._quiet = False
+        self._observePrompts()
+        self._showResult(nodes, what)
+
+    def onCompare(self):
+        with slicer.util.tryWithErrorDisplay("PromptReg could not set up the comparison.", waitCursor=True):
+            nodes = self.logic.compare(self._parameterNode)
+            slicer.util.setSliceViewerLayers(background=self._parameterNode.fixedVolume, foreground=nodes["warped"],
+                                             foregroundOpacity=0.5, fit=False)
+            self.ui.statusLabel.text = ("Fade: drag the slice views' opacity slider between fixed and registered. "
+                                        f"Checkerboard: volume '{nodes['checkerboard'].GetName()}'.")
+
+    def onShowJacobian(self):
+        with slicer.util.tryWithErrorDisplay("PromptReg could not show the Jacobian.", waitCursor=True):
+            node = self.logic.showJacobian(self._parameterNode)
+            if node is None:
+                self.ui.statusLabel.text = "The result is affine: its Jacobian determinant is one number, no volume."
+                return
+            slicer.util.setSliceViewerLayers(foreground=node, foregroundOpacity=0.5, fit=False)
+
     def _watch(self, run, status: str):
         self._run = run
         self._lastLogPath = run.log_path
@@ -253,6 +364,7 @@ class PromptRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.util.errorDisplay(f"PromptReg failed: {run.error}\n\nWorker log: {run.log_path}",
                                      detailedText=run.log())
             return
+        self._quiet = True
         try:
             nodes = self.logic.loadResults(run, self._parameterNode)
         except Exception as error:
@@ -260,20 +372,25 @@ class PromptRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.util.errorDisplay(f"PromptReg could not load its results: {error}",
                                      detailedText=traceback.format_exc())
             return
+        finally:
+            self._quiet = False
+        self._observePrompts()
+        device = run.result.get("device", "cpu").upper()
+        self._showResult(nodes, f"Refitted on {device}" if run.request.get("request") == "refit" else f"Done on {device}")
+
+    def _showResult(self, nodes: dict, what: str):
         self._lastPairs = nodes["report"]["pairs"]
         self._showPairs(self._lastPairs)
         self._setRunning(False)
-        used = sum(pair["accepted"] for pair in self._lastPairs)
-        device = run.result.get("device", "cpu")
-        what = "Refitted" if run.request.get("request") == "refit" else "Done"
-        self.ui.statusLabel.text = f"{what} on {device.upper()}: {used} of {len(self._lastPairs)} region pairs used."
+        self.ui.statusLabel.text = f"{what}: " + PromptRegLogic.summary(nodes["report"])
 
     def _showPairs(self, pairs):
         table = self.ui.pairsTable
         table.setRowCount(len(pairs))
         for row, pair in enumerate(pairs):
-            values = [pair["name"], "yes" if pair["accepted"] else "no", f"{pair['iou_x']:.2f}",
-                      f"{pair['iou_y']:.2f}", f"{pair.get('prototype_cosine', 0):.2f}",
+            dice = pair.get("dice_registered")
+            values = [pair["name"], "yes" if pair["accepted"] else "no", "" if dice is None else f"{dice:.2f}",
+                      f"{pair['iou_x']:.2f}", f"{pair['iou_y']:.2f}", f"{pair.get('prototype_cosine', 0):.2f}",
                       f"{pair.get('size_ratio', 0):.2f}", pair["rejected_because"]]
             for column, value in enumerate(values):
                 table.setItem(row, column, qt.QTableWidgetItem(value))
@@ -297,13 +414,22 @@ class PromptRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 class PromptRegLogic(ScriptedLoadableModuleLogic):
     """No GUI: can be driven from the Python console. Talks to PromptRegLib only through files and the worker.
 
-    The last successful run's folder (inputs and outputs) is kept until the next result replaces it, so
-    "reject and refit" can refit from its written ROI pairs and from the moving volume as it was exported.
+    Every loaded result's run folder (inputs and outputs) is kept in a history of up to :data:`HISTORY` results:
+    "reject and refit" and Prompt Y corrections refit from the current one's written ROI pairs and from the
+    moving volume as it was exported; undo and redo load an earlier or later one again, file for file.
     """
+
+    HISTORY = 20
 
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
-        self.lastRun = None
+        self.history = []      # WorkerRuns whose results were loaded, oldest first
+        self.position = -1     # the one the scene shows
+
+    @property
+    def lastRun(self):
+        """The run whose result the scene shows (None before the first)."""
+        return self.history[self.position] if self.history else None
 
     def getParameterNode(self):
         return PromptRegParameterNode(super().getParameterNode())
@@ -391,11 +517,18 @@ class PromptRegLogic(ScriptedLoadableModuleLogic):
         return shutil.which("PythonSlicer") or sys.executable
 
     @staticmethod
+    def _fitOptions(parameters) -> dict:
+        """What a fit takes from the panel: the preset fills what the advanced options leave at their defaults."""
+        preset = getattr(parameters, "preset", "Default").lower()
+        transform = parameters.transformType if preset != "quick" else "affine"
+        return {"preset": preset, "transform": transform, "bending": parameters.bending}
+
+    @staticmethod
     def _options(parameters, pairsOnly: bool = False) -> dict:
         return {"model": parameters.model, "checkpoint": parameters.checkpoint or None, "device": parameters.device,
                 "auto_pairs": None if parameters.autoPairs < 0 else parameters.autoPairs,
                 "warps": None if parameters.warps < 0 else parameters.warps,
-                "transform": parameters.transformType, "bending": parameters.bending, "pairs_only": pairsOnly}
+                "pairs_only": pairsOnly, **PromptRegLogic._fitOptions(parameters)}
 
     @staticmethod
     def _newRun(workRoot: str | None):
@@ -414,31 +547,113 @@ class PromptRegLogic(ScriptedLoadableModuleLogic):
     def canRefit(self) -> bool:
         return self.lastRun is not None and (Path(self.lastRun.result["output_dir"]) / "report.json").exists()
 
+    def _report(self) -> dict:
+        return json.loads((Path(self.lastRun.result["output_dir"]) / "report.json").read_text())
+
+    def _userRejected(self) -> list[str]:
+        return [pair["name"] for pair in self._report()["pairs"] if pair["rejected_because"] == "rejected by the user"]
+
     def startRefit(self, parameters, rejectPairs, workRoot: str | None = None):
-        """Refit from the last run's written ROI pairs minus ``rejectPairs`` (decoder-free: the fit only)."""
+        """Refit from the current result's written ROI pairs minus ``rejectPairs`` (decoder-free: the fit only)."""
         if not self.canRefit():
             raise RuntimeError("no earlier result to refit: run Register or Find corresponding regions first")
-        options = {"transform": parameters.transformType, "bending": parameters.bending}
-        request = mrml.build_refit_request(Path(self.lastRun.result["output_dir"]), rejectPairs, options)
+        request = mrml.build_refit_request(Path(self.lastRun.result["output_dir"]), rejectPairs,
+                                           self._fitOptions(parameters))
+        return self._newRun(workRoot).start(request)
+
+    def startCorrection(self, parameters, workRoot: str | None = None):
+        """Refit after the user moved Prompt Y points (the Prompt Y node against the current result): each moved
+        pair's ROI Y is segmented at its new Prompt Y (decoder only) and the pair used. None if nothing moved."""
+        if not self.canRefit():
+            raise RuntimeError("no earlier result to correct: run Register or Find corresponding regions first")
+        if parameters.promptY is None:
+            return None
+        edits = mrml.prompt_y_edits(parameters.promptY, self._report())
+        if not edits:
+            return None
+        rejected = [name for name in self._userRejected() if name not in edits]
+        request = mrml.build_refit_request(Path(self.lastRun.result["output_dir"]), rejected,
+                                           self._fitOptions(parameters), edits)
         return self._newRun(workRoot).start(request)
 
     def loadResults(self, run, parameters) -> dict:
-        """Results into the scene, reusing the output nodes the parameter node references; the run's folder
-        becomes the one a refit starts from (the previous one is removed)."""
+        """Results into the scene, reusing the output nodes the parameter node references; the run becomes the
+        newest in the history (results that had been undone are dropped)."""
+        nodes = self._load(run, parameters)
+        for dropped in self.history[self.position + 1:] + self.history[:max(0, self.position + 2 - self.HISTORY)]:
+            dropped.cleanup()
+        self.history = self.history[max(0, self.position + 2 - self.HISTORY): self.position + 1] + [run]
+        self.position = len(self.history) - 1
+        return nodes
+
+    def _load(self, run, parameters) -> dict:
         outputs = {role: getattr(parameters, name) for role, name in OUTPUT_PARAMETERS.items()}
         nodes = mrml.load_results(run.result, parameters.fixedVolume, parameters.movingVolume, outputs,
                                   load_warped=parameters.loadWarped)
         for role, name in OUTPUT_PARAMETERS.items():
             if role in nodes:
                 setattr(parameters, name, nodes[role])
-        self.discardLastRun()
-        self.lastRun = run
         return nodes
 
-    def discardLastRun(self) -> None:
-        if self.lastRun is not None:
-            self.lastRun.cleanup()
-            self.lastRun = None
+    def canUndo(self) -> bool:
+        return self.position > 0
+
+    def canRedo(self) -> bool:
+        return 0 <= self.position < len(self.history) - 1
+
+    def undo(self, parameters) -> dict:
+        """The previous result again — pairs, transform, Prompt Y, and the user's Prompt X where they were then."""
+        if not self.canUndo():
+            raise RuntimeError("nothing to undo")
+        self.position -= 1
+        return self._restore(parameters)
+
+    def redo(self, parameters) -> dict:
+        if not self.canRedo():
+            raise RuntimeError("nothing to redo")
+        self.position += 1
+        return self._restore(parameters)
+
+    def _restore(self, parameters) -> dict:
+        nodes = self._load(self.lastRun, parameters)
+        clicks = [pair["prompt_x_ras"] for pair in nodes["report"]["pairs"] if pair["source"] == "user"]
+        mrml.set_prompt_positions(parameters.promptX, clicks)
+        return nodes
+
+    def discardHistory(self) -> None:
+        for run in self.history:
+            run.cleanup()
+        self.history, self.position = [], -1
+
+    # --- quality ------------------------------------------------------------------------------------------
+    @staticmethod
+    def summary(report: dict) -> str:
+        """The status line: pairs used, the transform's kind and its folding."""
+        pairs = report["pairs"]
+        text = f"{sum(p['accepted'] for p in pairs)} of {len(pairs)} region pairs used"
+        if "folding_fraction" in report:
+            kind = report.get("fit_options_used", {}).get("transform", "deformable")
+            text += f"; {kind} transform, folding {100 * report['folding_fraction']:.2f} % of the fixed volume"
+        return text + "."
+
+    def compare(self, parameters) -> dict:
+        """The registered moving volume (loaded if it was not) and a checkerboard of it with the fixed volume."""
+        folder = Path(self.lastRun.result["output_dir"])
+        warped = mrml.load_volume(folder / "warped_moving.nrrd", f"{parameters.movingVolume.GetName()} registered",
+                                  parameters.warpedVolume)
+        parameters.warpedVolume = warped
+        board = mrml.checkerboard(parameters.fixedVolume, warped, node=parameters.checkerboardVolume)
+        parameters.checkerboardVolume = board
+        return {"warped": warped, "checkerboard": board}
+
+    def showJacobian(self, parameters):
+        """The current result's Jacobian determinant volume (None for an affine result)."""
+        node = mrml.load_jacobian(Path(self.lastRun.result["output_dir"]),
+                                  f"{parameters.movingVolume.GetName()} Jacobian determinant",
+                                  parameters.jacobianVolume)
+        if node is not None:
+            parameters.jacobianVolume = node
+        return node
 
     # --- example ------------------------------------------------------------------------------------------
     def loadExample(self, parameters) -> dict:
@@ -508,5 +723,5 @@ class PromptRegTest(ScriptedLoadableModuleTest):
         for point in lungs:
             got = mrml.transform_point_fixed_to_moving(result["transform"], point)
             self.assertLess(float(np.linalg.norm(np.subtract(got, truth.TransformPoint(point)))), 6.0)
-        logic.discardLastRun()
+        logic.discardHistory()
         self.delayDisplay("Test passed")

@@ -67,6 +67,7 @@ class Case:
     prompt_source: str = ""
     derived_from: str | None = None
     resample_spacing: list | None = None
+    moving_rotation_deg: float | None = None
     demo: bool = False
     quick: bool = False
 
@@ -130,29 +131,60 @@ def resample_to_spacing(image: sitk.Image, spacing, interpolator: int) -> sitk.I
                          image.GetDirection(), outside, image.GetPixelID())
 
 
+def moving_rotation(image: sitk.Image, degrees: float) -> sitk.Transform:
+    """A rotation by ``degrees`` about the S axis through ``image``'s centre (3D), or about its centre (2D)."""
+    centre = image.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in image.GetSize()])
+    if image.GetDimension() == 2:
+        return sitk.Euler2DTransform(centre, np.deg2rad(degrees))
+    return sitk.Euler3DTransform(centre, 0.0, 0.0, np.deg2rad(degrees))
+
+
+def rotate_physically(image: sitk.Image, rotation: sitk.Transform, interpolator: int) -> sitk.Image:
+    """The anatomy turned by ``rotation`` in physical space, on the image's own grid (a re-stored copy would keep
+    it where it was): the new image at r holds the old one at rotation⁻¹(r)."""
+    outside = 0.0 if interpolator == sitk.sitkNearestNeighbor else float(sitk.GetArrayViewFromImage(image).min())
+    return sitk.Resample(image, image, rotation.GetInverse(), interpolator, outside, image.GetPixelID())
+
+
 def prepare_case(case: Case, work_dir: str | Path) -> Case:
-    """``case`` itself, or — with ``resample_spacing`` — a copy reading its images and labels resampled into
-    ``work_dir/<case>/`` (made once; reused while the sources and the spacing are unchanged)."""
-    if case.resample_spacing is None:
+    """``case`` itself, or a copy reading derived files from ``work_dir/<case>/`` (made once; reused while the
+    sources and the derivation are unchanged): with ``resample_spacing`` its images and labels resampled, with
+    ``moving_rotation_deg`` its moving image and labels turned in physical space (:func:`moving_rotation`) and the
+    truth transform composed with the turn."""
+    if case.resample_spacing is None and case.moving_rotation_deg is None:
         return case
     folder = Path(work_dir).resolve() / case.name
     roles = {"fixed": sitk.sitkLinear, "moving": sitk.sitkLinear,
              "fixed_labels": sitk.sitkNearestNeighbor, "moving_labels": sitk.sitkNearestNeighbor}
+    if case.resample_spacing is None:
+        roles = {role: how for role, how in roles.items() if role.startswith("moving")}
     sources = {role: case.path(getattr(case, role)) for role in roles if getattr(case, role)}
-    manifest = {"spacing": list(case.resample_spacing),
+    if case.moving_rotation_deg is not None and case.truth_transform:
+        sources["truth_transform"] = case.path(case.truth_transform)
+    manifest = {"spacing": case.resample_spacing, "moving_rotation_deg": case.moving_rotation_deg,
                 "sources": {role: [path, os.stat(path).st_size, os.stat(path).st_mtime_ns]
                             for role, path in sources.items()}}
-    targets = {role: folder / f"{role}.nrrd" for role in sources}
+    targets = {role: folder / (f"{role}.nrrd" if role != "truth_transform" else "truth.h5") for role in sources}
     manifest_file = folder / "manifest.json"
     up_to_date = (manifest_file.is_file() and json.loads(manifest_file.read_text()) == manifest
                   and all(t.is_file() for t in targets.values()))
     if not up_to_date:
         folder.mkdir(parents=True, exist_ok=True)
         manifest_file.unlink(missing_ok=True)
+        moving = sitk.ReadImage(sources["moving"])
+        rotation = moving_rotation(moving, case.moving_rotation_deg) if case.moving_rotation_deg is not None else None
         for role, source in sources.items():
-            resampled = resample_to_spacing(sitk.ReadImage(source), case.resample_spacing, roles[role])
             partial = targets[role].with_name(f"partial-{targets[role].name}")
-            sitk.WriteImage(resampled, str(partial), True)
+            if role == "truth_transform":  # fixed → moving, then the turn: new truth = rotation ∘ truth
+                sitk.WriteTransform(sitk.CompositeTransform([rotation, sitk.ReadTransform(source)]), str(partial))
+                os.replace(partial, targets[role])
+                continue
+            image = sitk.ReadImage(source)
+            if case.resample_spacing is not None:
+                image = resample_to_spacing(image, case.resample_spacing, roles[role])
+            if rotation is not None and role.startswith("moving"):
+                image = rotate_physically(image, rotation, roles[role])
+            sitk.WriteImage(image, str(partial), True)
             os.replace(partial, targets[role])
         manifest_file.write_text(json.dumps(manifest, indent=2))
     return dataclasses.replace(case, **{role: str(target) for role, target in targets.items()})
@@ -328,13 +360,40 @@ def second_click_seconds(case: Case, result) -> float | None:
     return time.perf_counter() - started
 
 
+#: how far the correction latency's simulated user drags a Prompt Y (mm, along R)
+CORRECTION_DRAG_MM = 3.0
+
+
+def correction_seconds(result) -> float | None:
+    """Seconds from a moved Prompt Y to an updated transform once both images are encoded, as in a live Slicer
+    session: the first used pair's Prompt Y dragged :data:`CORRECTION_DRAG_MM`, its ROI Y segmented there on the
+    run's own views (:func:`~PromptRegLib.prompting.inverse.prompt_pair`) and the transform refitted. Changes
+    ``result`` (take its transform first); None when no pair was used."""
+    from .fit import FitOptions
+    from .prompting.inverse import prompt_pair
+    from .registration import refit_transform
+
+    used = result.accepted_pairs
+    if not used or result.transform is None:
+        return None
+    pair = used[0]
+    started = time.perf_counter()
+    dragged = pair.prompt_y_lps + np.eye(len(pair.prompt_y_lps))[0] * -CORRECTION_DRAG_MM  # +R is −L
+    pair.roi_y = prompt_pair(result.fixed_view, result.moving_view, pair.roi_x, dragged).roi_y
+    pair.prompt_y_lps = dragged
+    refit_transform(result, FitOptions(**result.report["fit_options"]))  # the run's own fit options
+    return time.perf_counter() - started
+
+
 def _promptreg(case: Case, quick: bool, progress, second_click: bool = True) -> tuple[sitk.Transform, dict]:
     result = _register_promptreg(case, progress)
-    extra = _promptreg_extra(result)
+    transform, extra = result.transform.to_sitk(), _promptreg_extra(result)
     if second_click:
         progress("timing a second click", 1.0)
         extra["second_click_s"] = second_click_seconds(case, result)
-    return result.transform.to_sitk(), extra
+        progress("timing a Prompt Y correction", 1.0)
+        extra["correction_s"] = correction_seconds(result)
+    return transform, extra
 
 
 def _promptreg_auto(case: Case, quick: bool, progress,
@@ -571,8 +630,9 @@ def _method_row(name: str, case: Case, quick: bool, options: dict, progress) -> 
 
     started = time.perf_counter()
     transform, extra = METHODS[name](case, quick, progress, **options)
-    # the second-click latency is measured after the run and is not part of the method's time
-    row = {"seconds": time.perf_counter() - started - (extra.get("second_click_s") or 0.0),
+    # the interactive latencies are measured after the run and are not part of the method's time
+    interactive = (extra.get("second_click_s") or 0.0) + (extra.get("correction_s") or 0.0)
+    row = {"seconds": time.perf_counter() - started - interactive,
            "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # before scoring: the method's own
     progress("writing and scoring the transform", 1.0)
     if isinstance(transform, sitk.CompositeTransform):
@@ -629,13 +689,13 @@ def _tre_text(row: dict) -> str:
 
 def _markdown(rows: list[dict]) -> str:
     lines = ["| case | method | Dice mean | TRE (rTRE) | click-set TRE spread | folding | seconds | second click s | "
-             "peak MB | transform MB | time ratio PromptReg/peer | Dice ratio |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "correction s | peak MB | transform MB | time ratio PromptReg/peer | Dice ratio |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         if "error" in row:
             why = " ".join(row["error"].split()).replace("|", "/")[:100]  # one table cell
             lines.append(f"| {row['case']} | {row['method']} | error: {why} | | | | "
-                         f"{_fmt(row.get('seconds'), '{:.1f}')} | | {_fmt(row.get('peak_mb'), '{:.0f}')} | | | |")
+                         f"{_fmt(row.get('seconds'), '{:.1f}')} | | | {_fmt(row.get('peak_mb'), '{:.0f}')} | | | |")
             continue
         spread = row.get("click_spread", {})
         tre_spread = spread.get("tre_mm") or spread.get("tre_px")
@@ -643,7 +703,8 @@ def _markdown(rows: list[dict]) -> str:
                                              f"{spread['sets']} sets)" if tre_spread else f"0/{spread['sets']} sets")
         lines.append(f"| {row['case']} | {row['method']} | {_fmt(row.get('dice_mean'))} | {_tre_text(row)} | "
                      f"{spread_text} | {_fmt(row.get('folding'), '{:.4f}')} | {row['seconds']:.1f} | "
-                     f"{_fmt(row.get('second_click_s'), '{:.1f}')} | {row['peak_mb']:.0f} | "
+                     f"{_fmt(row.get('second_click_s'), '{:.1f}')} | {_fmt(row.get('correction_s'), '{:.1f}')} | "
+                     f"{row['peak_mb']:.0f} | "
                      f"{_fmt(row.get('transform_mb'), '{:.2f}')} | "
                      f"{_fmt(row.get('time_ratio'), '{:.2f}')} | {_fmt(row.get('dice_ratio'), '{:.2f}')} |")
     spread_rows = [r for r in rows if r.get("click_spread")]

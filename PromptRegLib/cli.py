@@ -26,6 +26,15 @@ def parse_point(text: str) -> np.ndarray:
     return values
 
 
+def parse_pair(text: str) -> tuple[np.ndarray, np.ndarray]:
+    """``R,A,S:R,A,S`` → (Prompt X on the fixed image, Prompt Y on the moving image)."""
+    parts = text.split(":")
+    if len(parts) != 2:
+        raise PromptError(f"{text!r}: a pair is Prompt X on the fixed image and Prompt Y on the moving image, "
+                          "R,A,S:R,A,S (R,A:R,A in 2D).")
+    return parse_point(parts[0]), parse_point(parts[1])
+
+
 def parse_box(text: str) -> np.ndarray:
     values = parse_point_list(text)
     if values.size not in (4, 6):
@@ -120,7 +129,8 @@ def command_register(args) -> int:
     try:
         result = register(args.fixed, args.moving, points, boxes, args.model, args.checkpoint, args.device,
                           pair_options, fit_options, pairs_only=args.pairs_only, progress=progress,
-                          prompts_px=[parse_point_list(p) for p in args.prompt_px or []])
+                          prompts_px=[parse_point_list(p) for p in args.prompt_px or []],
+                          pairs_ras=[parse_pair(p) for p in args.pair or []], preset=args.preset)
         progress("writing outputs", 0.95)
         write_registration(result, args.output)
     finally:
@@ -186,6 +196,8 @@ def command_cache(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .presets import PRESETS
+
     parser = argparse.ArgumentParser(prog="promptreg", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -211,8 +223,14 @@ def build_parser() -> argparse.ArgumentParser:
                           help="click X,Y[,Z] in pixels of the fixed image (X = column, Y = row, Z = slice; from 0, "
                                "the image's own index order; repeatable) — for images without physical units")
     register.add_argument("--box", action="append", help="box R1,A1,S1,R2,A2,S2 on the fixed image")
+    register.add_argument("--pair", action="append",
+                          help="a correspondence you know, R,A,S:R,A,S = Prompt X on the fixed image : Prompt Y on "
+                               "the moving image (mm, repeatable); ROI Y is segmented at Prompt Y, no search")
     register.add_argument("--auto-pairs", type=int, help="sampled prompts on top of yours (default 6 in 2D, 0 in 3D)")
     register.add_argument("--warps", type=int, help="spatial perturbations per ROI (default 2 in 2D, 0 in 3D)")
+    register.add_argument("--preset", choices=PRESETS,
+                          help="quick: an affine from the clicks; default; accurate: denser (2D; see README) — "
+                               "options you give explicitly win")
     register.add_argument("--transform", default="deformable", choices=["affine", "deformable"])
     register.add_argument("--bending", type=float, help="regularisation weight (default 10)")
     register.add_argument("--feature-weight", type=float,

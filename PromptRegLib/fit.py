@@ -418,7 +418,16 @@ JACOBIAN_VOXELS = 1_000_000
 def jacobian_determinant(transform: FittedTransform, voxels: int = JACOBIAN_VOXELS) -> np.ndarray:
     """det(∂φ/∂x) of the transform itself on the fixed domain at about ``voxels`` voxels (the fixed grid when it
     is smaller; numpy order); ≤ 0 means folding."""
+    return _jacobian_on(transform, working_reference(transform.fixed_reference, voxels))
+
+
+def jacobian_image(transform: FittedTransform, voxels: int = JACOBIAN_VOXELS) -> sitk.Image:
+    """:func:`jacobian_determinant` as a float32 image with its grid's geometry (the file ``jacobian.nrrd``)."""
     reference = working_reference(transform.fixed_reference, voxels)
+    return reference.with_array(_jacobian_on(transform, reference).astype(np.float32)).sitk_image
+
+
+def _jacobian_on(transform: FittedTransform, reference: Image) -> np.ndarray:
     displacement = transform.displacement_on(reference)
     dimension = reference.dimension
     index_to_physical = reference.direction @ np.diag(reference.spacing)

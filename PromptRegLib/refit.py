@@ -7,6 +7,10 @@ complete output folder — the ROI pairs and prompts copied, a new ``transform.h
 ``warped_moving.nrrd`` and ``report.json`` — all or nothing (:func:`PromptRegLib.outputs.staged_output`).
 When the run refined on the model's features (``dense_refinement``), the refit does too: the same model's views
 of the two images, their embeddings read from the embedding cache — nothing is decoded.
+
+A correction (``prompt_y_ras``: pair name → a Prompt Y the user moved or placed) re-segments that pair's ROI Y at
+the user's Prompt Y (:func:`~PromptRegLib.prompting.inverse.prompt_pair`: decoder only, cached embeddings, no
+search), uses the pair (a rejected one too) and rewrites ``moving_rois.seg.nrrd`` and ``prompts_y.mrk.json``.
 """
 from __future__ import annotations
 
@@ -22,7 +26,9 @@ import numpy as np
 from .errors import CheckpointError, InputImageError, RegistrationError
 from .fit import FitOptions, fit_without_folding
 from .imageio import Image, read_image
-from .outputs import staged_output, warp_image, write_image, write_transform
+from .outputs import staged_output, write_transform_outputs
+from .presets import apply_preset
+from .prompting.pairs import PairOptions
 
 USER_REJECTED = "rejected by the user"
 #: files a refit takes over unchanged from the folder it refits
@@ -35,13 +41,6 @@ def read_report(folder: Path) -> dict:
     except FileNotFoundError:
         raise InputImageError(f"{folder} holds no report.json: refit needs the output folder of a registration "
                               "or of a 'find corresponding regions' run.") from None
-
-
-def usable_pair_names(report: dict, reject_pairs) -> list[str]:
-    """Pairs that passed the quality checks (or that only the user had rejected), minus ``reject_pairs``."""
-    reject = set(reject_pairs)
-    return [p["name"] for p in report["pairs"]
-            if (p["accepted"] or p["rejected_because"] == USER_REJECTED) and p["name"] not in reject]
 
 
 def read_masks(path: Path, image: Image, names: list[str]) -> list[np.ndarray]:
@@ -89,70 +88,146 @@ def updated_pairs(pairs: list[dict], reject_pairs) -> list[dict]:
     return updated
 
 
-def refit_features(report: dict, fit_options: FitOptions, fixed_image: Image, moving_image: Image, cancel=None):
-    """The dense feature term of the run being refitted, when it had one: the model the run used, its views and
-    the embeddings (from the disk cache, so nothing is decoded and normally nothing re-encoded). Returns the
-    feature pair (or None) and what the report says about it."""
-    if fit_options.feature_weight <= 0 or report.get("dense_refinement") != "features":
-        return None, "off"
-    from .dense import feature_pair
+def run_views(report: dict, fixed_image: Image, moving_image: Image, cancel=None):
+    """The views the run's model had of the two images (embeddings from the disk cache), loaded on the CPU."""
     from .models import load_model
     from .views import make_views
 
+    model = load_model(report["model"], report.get("checkpoint"), "cpu")
+    return make_views(model, fixed_image, moving_image, None, cancel)
+
+
+def refit_features(report: dict, fit_options: FitOptions, views):
+    """The dense feature term of the run being refitted, when it had one, from ``views()`` (the run's model's
+    views, built on first use). Returns the feature pair (or None) and what the report says about it."""
+    if fit_options.feature_weight <= 0 or report.get("dense_refinement") != "features":
+        return None, "off"
+    from .dense import feature_pair
+
     try:
-        model = load_model(report["model"], report.get("checkpoint"), "cpu")
+        fixed_view, moving_view = views()
     except (CheckpointError, KeyError) as error:
         return None, f"off (the run's model is not available: {error})"
-    fixed_view, moving_view = make_views(model, fixed_image, moving_image, None, cancel)
     features = feature_pair(fixed_view, moving_view)
     return features, "features" if features is not None else "off"
 
 
+def correct_pairs(pairs: list[dict], prompt_y_ras: dict, fixed_masks: dict, moving_masks: dict, views) -> list[dict]:
+    """Apply the user's Prompt Y corrections: each named pair's ROI Y re-segmented at its new Prompt Y (replacing
+    its entry in ``moving_masks``, image grid) and the pair used unless the model finds nothing there."""
+    from .imageio import ras_to_lps
+    from .prompting.inverse import prompt_pair
+    from .views.base import ROI
+
+    by_name = {p["name"]: p for p in pairs}
+    unknown = [name for name in prompt_y_ras if name not in by_name]
+    if unknown:
+        raise InputImageError(f"no pair named {', '.join(map(repr, unknown))} in the run being corrected; its pairs "
+                              f"are {', '.join(by_name)}.")
+    if not prompt_y_ras:
+        return pairs
+    fixed_view, moving_view = views()
+    dimension = fixed_view.image.dimension
+    for name, ras in prompt_y_ras.items():
+        pair = by_name[name]
+        if not fixed_masks[name].any():
+            raise RegistrationError(f"{name} has no ROI X (the model found no region at its Prompt X), so it has "
+                                    "nothing to correct: move its Prompt X instead.")
+        roi_x = ROI(fixed_view.from_image_mask(fixed_masks[name]), float(pair["iou_x"]),
+                    ras_to_lps(np.asarray(pair["prompt_x_ras"], dtype=float))[:dimension], 0)
+        prompt_y_lps = ras_to_lps(np.asarray(ras, dtype=float))[:dimension]
+        result = prompt_pair(fixed_view, moving_view, roi_x, prompt_y_lps)
+        moving_masks[name] = moving_view.to_image_mask(result.roi_y.mask)
+        found = bool(moving_masks[name].any())
+        kept = {key: pair[key] for key in ("name", "source", "color", "prompt_x_ras", "voxels_x") if key in pair}
+        pair.clear()
+        pair.update(kept, **result.quality, prompt_y_ras=[float(v) for v in ras][:3], corrected=True,
+                    voxels_y=int(result.roi_y.voxels), accepted=found,
+                    rejected_because="" if found else "no ROI Y: the model found no region at the given Prompt Y")
+    return pairs
+
+
 def refit_from_outputs(pairs_from: str | os.PathLike, output_dir: str | os.PathLike, reject_pairs=(),
                        fit_options: FitOptions | None = None, fixed: str | None = None, moving: str | None = None,
-                       progress=None, cancel=None) -> Path:
+                       progress=None, cancel=None, prompt_y_ras: dict | None = None,
+                       preset: str | None = None) -> Path:
     """Fit a new transform from the ROI pairs written in ``pairs_from`` and write ``output_dir``; returns it.
 
-    ``fixed``/``moving`` default to the images the earlier run read (``report.json``'s ``inputs``).
+    ``fixed``/``moving`` default to the images the earlier run read (``report.json``'s ``inputs``);
+    ``prompt_y_ras`` (pair name → R, A, S on the moving image) corrects pairs first (see the module doc);
+    ``preset`` fills the fit options left at their defaults, as in a registration.
     """
     started = time.perf_counter()
     previous = Path(pairs_from)
     report = read_report(previous)
     fit_options = fit_options or FitOptions()
-    names = usable_pair_names(report, reject_pairs)
-    if not names:
+    prompt_y_ras = dict(prompt_y_ras or {})
+    pairs = updated_pairs(report["pairs"], reject_pairs)
+    if not any(p["accepted"] or p["name"] in prompt_y_ras for p in pairs):
         raise RegistrationError("no ROI pair left to fit once the rejected ones are removed; keep at least one "
                                 "pair, or register again with more prompts.")
     fixed_image = read_image(fixed or report["inputs"]["fixed"])
     moving_image = read_image(moving or report["inputs"]["moving"])
+    _, fit_options = apply_preset(preset, fixed_image.dimension, PairOptions(), fit_options)
     if progress:
         progress("reading ROI pairs", 0.05)
-    fixed_masks = read_masks(previous / "fixed_rois.seg.nrrd", fixed_image, names)
-    moving_masks = read_masks(previous / "moving_rois.seg.nrrd", moving_image, names)
-    quality = {p["name"]: p for p in report["pairs"]}
+    all_names = [p["name"] for p in report["pairs"]]
+    fixed_masks = dict(zip(all_names, read_masks(previous / "fixed_rois.seg.nrrd", fixed_image, all_names)))
+    moving_masks = dict(zip(all_names, read_masks(previous / "moving_rois.seg.nrrd", moving_image, all_names)))
+    views_built = []
+
+    def views():
+        if not views_built:
+            views_built.append(run_views(report, fixed_image, moving_image, cancel))
+        return views_built[0]
+
+    if prompt_y_ras and progress:
+        progress("segmenting ROI Y at the corrected Prompt Y", 0.06)
+    pairs = correct_pairs(pairs, prompt_y_ras, fixed_masks, moving_masks, views)
+    names = [p["name"] for p in pairs if p["accepted"]]
+    if not names:
+        raise RegistrationError("no ROI pair left: the model found no region at the corrected Prompt Y; place it "
+                                "inside the structure, or register again with more prompts.")
+    quality = {p["name"]: p for p in pairs}
     weights = np.array([quality[n]["iou_x"] * quality[n]["iou_y"] for n in names])
     if progress:
         progress("reading features", 0.08)
-    features, dense = refit_features(report, fit_options, fixed_image, moving_image, cancel)
+    features, dense = refit_features(report, fit_options, views)
     if progress:
         progress("fitting transform", 0.1)
-    transform, folding, options_used = fit_without_folding(fixed_image, moving_image, fixed_masks, moving_masks,
-                                                           weights, fit_options, cancel, features=features)
+    transform, folding, options_used = fit_without_folding(
+        fixed_image, moving_image, [fixed_masks[n] for n in names], [moving_masks[n] for n in names], weights,
+        fit_options, cancel, features=features)
     if progress:
         progress("writing outputs", 0.9)
-    report.update(inputs={"fixed": fixed_image.source, "moving": moving_image.source},
-                  pairs=updated_pairs(report["pairs"], reject_pairs), fit=transform.report,
-                  fit_options=asdict(fit_options), fit_options_used=asdict(options_used), folding_fraction=folding,
-                  dense_refinement=dense,
-                  refit={"from": str(previous), "pairs_used": names, "device": "cpu",
-                         "seconds": time.perf_counter() - started})
     with staged_output(output_dir, [fixed_image.source, moving_image.source]) as staging:
-        for name in COPIED:
+        copied = COPIED if not prompt_y_ras else ("fixed_rois.seg.nrrd", "prompts_x.mrk.json")
+        for name in copied:
             if (previous / name).exists():
                 shutil.copy2(previous / name, staging / name)
-        sitk_transform = transform.to_sitk()
-        write_transform(staging / "transform.h5", sitk_transform)
-        write_transform(staging / "affine.tfm", transform.affine_sitk())
-        write_image(staging / "warped_moving.nrrd", warp_image(moving_image, fixed_image, sitk_transform))
+        if prompt_y_ras:
+            _write_moving_pairs(staging, moving_image, pairs, moving_masks)
+        _, registered = write_transform_outputs(staging, fixed_image, moving_image, transform,
+                                                [fixed_masks[n] for n in all_names],
+                                                [moving_masks[n] for n in all_names])
+        for pair, dice in zip(pairs, registered):
+            pair["dice_registered"] = dice
+        report.update(inputs={"fixed": fixed_image.source, "moving": moving_image.source}, pairs=pairs,
+                      fit=transform.report, fit_options=asdict(fit_options), fit_options_used=asdict(options_used),
+                      folding_fraction=folding, dense_refinement=dense,
+                      refit={"from": str(previous), "pairs_used": names, "corrected": sorted(prompt_y_ras),
+                             "device": "cpu", "seconds": time.perf_counter() - started})
         (staging / "report.json").write_text(json.dumps(report, indent=2, default=_json_value))
     return Path(output_dir)
+
+
+def _write_moving_pairs(folder: Path, moving_image: Image, pairs: list[dict], moving_masks: dict) -> None:
+    """``moving_rois.seg.nrrd`` and ``prompts_y.mrk.json`` for the corrected pairs (names and colours kept)."""
+    from .imageio import ras_to_lps
+    from .outputs import write_markups, write_segmentation
+
+    names = [p["name"] for p in pairs]
+    write_segmentation(folder / "moving_rois.seg.nrrd", moving_image, [moving_masks[n] for n in names], names,
+                       [tuple(p["color"]) for p in pairs])
+    write_markups(folder / "prompts_y.mrk.json",
+                  [ras_to_lps(np.asarray(p["prompt_y_ras"], dtype=float)) for p in pairs], names, "Prompt Y")

@@ -9,9 +9,11 @@ import numpy as np
 
 from .errors import PromptError, RegistrationError
 from .fit import FitOptions, FittedTransform, fit_without_folding
-from .imageio import Image, check_memory, ras_to_lps, read_image, require_same_dimension, tidy_direction, validate_image
+from .imageio import (Image, check_memory, lps_to_ras, ras_to_lps, read_image, require_same_dimension, tidy_direction,
+                      validate_image)
 from .models import load_model
 from .models.cache import EmbeddingCache
+from .presets import apply_preset
 from .prompting.pairs import PairOptions, ROIPair, find_pairs, initial_prior
 from .views import SliceOptions, View, make_views
 from .views.grid import AXIS_NAMES
@@ -61,6 +63,18 @@ def pixel_to_lps(image: Image, pixel) -> np.ndarray:
     return image.index_to_lps(index[None])[0]
 
 
+def _pair_lps(pair, fixed: Image, moving: Image) -> list[np.ndarray]:
+    """(Prompt X, Prompt Y) in RAS mm → LPS points of the images' dimension, each inside its image."""
+    if len(pair) != 2:
+        raise PromptError(f"a prompt pair needs Prompt X and Prompt Y, got {len(pair)} points.")
+    points = [ras_to_lps(np.asarray(point, dtype=float))[: fixed.dimension] for point in pair]
+    for point, image, name in zip(points, (fixed, moving), ("Prompt X", "Prompt Y")):
+        if not image.contains_index(image.lps_to_index(point[None]))[0]:
+            raise PromptError(f"{name} at RAS {tuple(round(float(v), 2) for v in lps_to_ras(point))} mm lies outside "
+                              f"{image.source} (size {tuple(image.size)}).")
+    return points
+
+
 def _check_prompts(points: list, boxes: list, dimension: int) -> None:
     if len(points) + len(boxes) > MAX_PROMPTS:
         raise PromptError(f"{len(points) + len(boxes)} prompts given; at most {MAX_PROMPTS} are used — "
@@ -75,17 +89,20 @@ def register(fixed: Image | str | Path, moving: Image | str | Path, prompts_ras=
              pair_options: PairOptions | None = None, fit_options: FitOptions | None = None,
              pairs_only: bool = False, cache: EmbeddingCache | None = None, progress=None, cancel=None,
              reject_pairs=(), slice_options: SliceOptions | None = None, prompts_px=(),
-             segmenter=None) -> RegistrationResult:
+             segmenter=None, pairs_ras=(), preset: str | None = None) -> RegistrationResult:
     """Register ``moving`` to ``fixed`` from corresponding ROIs.
 
     ``prompts_ras``: clicks on the fixed image (RAS mm); ``prompts_px``: clicks in the fixed image's pixels
     (x = column, y = row[, z = slice], from 0, its own index order — for images without physical units);
-    ``boxes_ras``: boxes as two opposite RAS corners.
+    ``boxes_ras``: boxes as two opposite RAS corners; ``pairs_ras``: (Prompt X on fixed, Prompt Y on moving) in
+    RAS mm, pairs the user already knows — ROI Y is prompted at Prompt Y, with no search (decoder work only).
     ``progress(stage, fraction)`` is called as work proceeds; ``cancel()`` returning True stops the run
     (raising :class:`Cancelled`). With ``pairs_only`` no transform is fitted. Pairs named in ``reject_pairs``
     are kept in the report but not used (the embeddings are cached, so rejecting and re-running is cheap).
     ``segmenter``: an already loaded model (from :func:`~PromptRegLib.models.load_model`) to use instead of
     loading ``model`` again — a long-lived process (a batch worker) keeps its weights and in-memory cache.
+    ``preset``: "quick", "default" or "accurate" (:mod:`~PromptRegLib.presets`), filling the options left at their
+    defaults.
     """
     timings: dict[str, float] = {}
     started = time.perf_counter()
@@ -97,10 +114,11 @@ def register(fixed: Image | str | Path, moving: Image | str | Path, prompts_ras=
     points_lps += [pixel_to_lps(fixed_image, p) for p in prompts_px]
     boxes_lps = [ras_to_lps(np.asarray(b, dtype=float).reshape(2, -1))[:, : fixed_image.dimension].ravel()
                  for b in boxes_ras]
-    _check_prompts(points_lps, boxes_lps, fixed_image.dimension)
-    pair_options = pair_options or PairOptions()
-    fit_options = fit_options or FitOptions()
-    if not points_lps and not boxes_lps and pair_options.auto_pairs == 0:
+    user_pairs_lps = [tuple(_pair_lps(pair, fixed_image, moving_image)) for pair in pairs_ras]
+    _check_prompts(points_lps + [x for x, _ in user_pairs_lps], boxes_lps, fixed_image.dimension)
+    pair_options, fit_options = apply_preset(preset, fixed_image.dimension, pair_options or PairOptions(),
+                                             fit_options or FitOptions())
+    if not points_lps and not boxes_lps and not user_pairs_lps and pair_options.auto_pairs == 0:
         raise PromptError("no prompts given and --auto-pairs is 0: give at least one --prompt or some auto pairs.")
 
     report("loading model", 0.0)
@@ -112,7 +130,8 @@ def register(fixed: Image | str | Path, moving: Image | str | Path, prompts_ras=
     mark = time.perf_counter()
     prior = initial_prior(fixed_view, moving_view)
     pair_progress = lambda stage, f: report(stage, 0.05 + 0.75 * f)  # noqa: E731
-    pairs = find_pairs(fixed_view, moving_view, points_lps, boxes_lps, prior, pair_options, pair_progress, cancel)
+    pairs = find_pairs(fixed_view, moving_view, points_lps, boxes_lps, prior, pair_options, pair_progress, cancel,
+                       user_pairs_lps)
     timings["pairs"] = time.perf_counter() - mark
     for pair in pairs:
         if pair.name in reject_pairs:
@@ -120,6 +139,7 @@ def register(fixed: Image | str | Path, moving: Image | str | Path, prompts_ras=
     result = RegistrationResult(fixed_image, moving_image, fixed_view, moving_view, pairs, None)
     axis = getattr(fixed_view, "axis_lps", None)
     result.report = {"model": segmenter.name, "checkpoint": str(checkpoint) if checkpoint else None,
+                     "preset": preset or "default",
                      "device": str(segmenter.device),
                      "pair_options": pair_options.as_dict(), "fit_options": asdict(fit_options),
                      "working_grid": {name: _describe(view) for name, view in (("fixed", fixed_view),

@@ -7,13 +7,15 @@ left). This is the only way the Slicer module talks to the library, so a crash h
 
 Registration request (``"request": "register"``, the default) — keys: ``fixed``, ``moving``, ``output_dir``
 (required); ``prompts_ras`` [[R, A, S], …], ``prompts_file`` (.mrk.json), ``boxes_ras``
-[[R1, A1, S1, R2, A2, S2], …], ``model``, ``checkpoint``, ``device``, ``auto_pairs``, ``warps``,
-``transform``, ``bending``, ``feature_weight``, ``pairs_only``, ``reject_pairs``.
+[[R1, A1, S1, R2, A2, S2], …], ``pairs_ras`` [[[R, A, S], [R, A, S]], …] (Prompt X on fixed, Prompt Y on moving),
+``model``, ``checkpoint``, ``device``, ``preset``, ``auto_pairs``, ``warps``, ``transform``, ``bending``,
+``feature_weight``, ``pairs_only``, ``reject_pairs``.
 
 Refit request (``"request": "refit"``) — keys: ``pairs_from`` (a previous output folder) and
-``output_dir`` (required); ``reject_pairs``, ``transform``, ``bending``, ``feature_weight``; ``fixed``/``moving`` default to
-the images that run used. Decoder-free: the fit alone, from the written ROI pairs and the run's cached
-features (see ``refit``).
+``output_dir`` (required); ``reject_pairs``, ``prompt_y_ras`` {pair name: [R, A, S]} (the user's corrected Prompt Y
+on the moving image), ``preset``, ``transform``, ``bending``, ``feature_weight``; ``fixed``/``moving`` default to the images
+that run used. The fit from the written ROI pairs and the run's cached features; a corrected pair's ROI Y is
+decoded again at its Prompt Y, nothing else is (see ``refit``).
 """
 from __future__ import annotations
 
@@ -86,7 +88,8 @@ def run_registration(request: dict, cancelled) -> dict:
     result = register(request["fixed"], request["moving"], prompts, request.get("boxes_ras") or [],
                       request.get("model", "litemedsam"), request.get("checkpoint"), request.get("device", "auto"),
                       pair_options, fit_options_from(request), pairs_only=bool(request.get("pairs_only")),
-                      progress=_progress, cancel=cancelled, reject_pairs=request.get("reject_pairs") or [])
+                      progress=_progress, cancel=cancelled, reject_pairs=request.get("reject_pairs") or [],
+                      pairs_ras=request.get("pairs_ras") or [], preset=request.get("preset"))
     emit("progress", stage="writing outputs", fraction=0.95)
     return _result(write_registration(result, request["output_dir"]))
 
@@ -96,7 +99,8 @@ def run_refit(request: dict, cancelled) -> dict:
 
     output_dir = refit_from_outputs(request["pairs_from"], request["output_dir"], request.get("reject_pairs") or [],
                                     fit_options_from(request), fixed=request.get("fixed"),
-                                    moving=request.get("moving"), progress=_progress, cancel=cancelled)
+                                    moving=request.get("moving"), progress=_progress, cancel=cancelled,
+                                    prompt_y_ras=request.get("prompt_y_ras") or {}, preset=request.get("preset"))
     return _result(output_dir, refit=True)
 
 

@@ -105,10 +105,13 @@ def build_request(fixed_node, moving_node, prompt_node, folder: Path, options: d
     return request
 
 
-def build_refit_request(pairs_from: Path, rejected: list[str], options: dict) -> dict:
+def build_refit_request(pairs_from: Path, rejected: list[str], options: dict, prompt_y_ras: dict | None = None) -> dict:
     """A refit of the run whose outputs lie in ``pairs_from``: from its written ROI pairs and its own input
-    files (the moving volume as it was exported then, never a hardened or re-transformed one)."""
+    files (the moving volume as it was exported then, never a hardened or re-transformed one). ``prompt_y_ras``
+    (pair name → R, A, S in the moving volume's coordinates) corrects those pairs' Prompt Y first."""
     request = {"request": "refit", "pairs_from": str(pairs_from), "reject_pairs": list(rejected)}
+    if prompt_y_ras:
+        request["prompt_y_ras"] = {name: [float(v) for v in point] for name, point in prompt_y_ras.items()}
     request.update({key: value for key, value in options.items() if value is not None})
     return request
 
@@ -171,13 +174,19 @@ def load_point_list(path: Path, name: str, node=None):
     return _read(node, slicer.vtkMRMLMarkupsJsonStorageNode(), path)
 
 
-def load_transform(path: Path, name: str, node=None):
+def load_transform(path: Path, name: str, node=None, linear: bool = False):
     """The worker's ``transform.h5`` (ITK, LPS, fixed → moving): Slicer stores it as the FromParent transform.
 
+    An affine result (``linear``) goes into a linear transform node — a matrix Slicer can harden without
+    resampling — and a deformable one into a grid transform node; a reused ``node`` of the other kind is replaced.
     The file's control-grid field is exact under *linear* interpolation (as ITK reads it); Slicer would
     interpolate a grid cubically and move points up to a tenth of a millimetre elsewhere, so the grid is set
     to linear."""
-    node = node or slicer.vtkMRMLGridTransformNode()
+    wanted = "vtkMRMLLinearTransformNode" if linear else "vtkMRMLGridTransformNode"
+    if node is not None and node.GetClassName() != wanted:
+        _scene().RemoveNode(node)
+        node = None
+    node = node or (slicer.vtkMRMLLinearTransformNode() if linear else slicer.vtkMRMLGridTransformNode())
     node.SetName(name)
     node = _read(node, slicer.vtkMRMLTransformStorageNode(), path)
     grid = node.GetTransformFromParent()
@@ -212,17 +221,140 @@ def load_results(result: dict, fixed_node, moving_node, outputs: dict | None = N
                                                  moving_node, outputs.get("moving_segmentation")),
         "prompt_y": load_point_list(folder / "prompts_y.mrk.json", "Prompt Y", outputs.get("prompt_y")),
     }
+    report = json.loads((folder / "report.json").read_text())
     if (folder / "transform.h5").exists():
-        transform = load_transform(folder / "transform.h5", f"{moving_node.GetName()} → {fixed_node.GetName()}",
-                                   outputs.get("transform"))
+        linear = report.get("fit_options_used", {}).get("transform") == "affine"
+        transform = load_transform(folder / "transform.h5", transform_name(moving_node, fixed_node), outputs.get(
+            "transform"), linear=linear)
         for node in (moving_node, nodes["moving_segmentation"], nodes["prompt_y"]):
             node.SetAndObserveTransformNodeID(transform.GetID())
         nodes["transform"] = transform
         if load_warped:
             nodes["warped"] = load_volume(folder / "warped_moving.nrrd", f"{moving_node.GetName()} registered",
                                           outputs.get("warped"))
-    nodes["report"] = json.loads((folder / "report.json").read_text())
+    nodes["report"] = report
     return nodes
+
+
+def transform_name(moving_node, fixed_node) -> str:
+    """The result transform's name, saying its direction as Slicer applies it: it moves the moving volume onto the
+    fixed one (the file, ITK's convention, holds the same transform as fixed → moving point mapping)."""
+    return f"{moving_node.GetName()} → {fixed_node.GetName()} (moving-to-fixed)"
+
+
+def prompt_y_edits(prompt_y_node, report: dict, tolerance_mm: float = 0.5) -> dict[str, list[float]]:
+    """Prompt Y points the user moved since ``report``'s run: pair name (the point's label) → its R, A, S in the
+    moving volume's own coordinates (the node observes the result transform; its local positions are those)."""
+    written = {pair["name"]: pair.get("prompt_y_ras") for pair in report["pairs"]}
+    edits = {}
+    for index in range(prompt_y_node.GetNumberOfControlPoints()):
+        name = prompt_y_node.GetNthControlPointLabel(index)
+        if name not in written or prompt_y_node.GetNthControlPointPositionStatus(index) != \
+                slicer.vtkMRMLMarkupsNode.PositionDefined:
+            continue
+        position = [0.0, 0.0, 0.0]
+        prompt_y_node.GetNthControlPointPosition(index, position)
+        before = list(written[name] or []) + [0.0] * 3
+        if sum((a - b) ** 2 for a, b in zip(position, before[:3])) > tolerance_mm ** 2:
+            edits[name] = position
+    return edits
+
+
+def set_prompt_positions(markups_node, positions_ras: list[list[float]]) -> bool:
+    """Put a point list's control points back at ``positions_ras`` (undo); False, untouched, if the counts differ."""
+    if markups_node is None or markups_node.GetNumberOfControlPoints() != len(positions_ras):
+        return False
+    with _batch(markups_node):
+        for index, position in enumerate(positions_ras):
+            point = (list(position) + [0.0] * 3)[:3]
+            markups_node.SetNthControlPointPositionWorld(index, *point)
+    return True
+
+
+class _batch:
+    """One Modified event for many changes of a node (StartModify/EndModify)."""
+
+    def __init__(self, node):
+        self.node = node
+
+    def __enter__(self):
+        self.was = self.node.StartModify()
+
+    def __exit__(self, *exc):
+        self.node.EndModify(self.was)
+
+
+#: colours of the Jacobian determinant: folding (≤ 0) red, compression blue, no change white, expansion orange
+JACOBIAN_COLOURS = ((-1.0, (0.8, 0.0, 0.0)), (0.0, (1.0, 0.0, 0.0)), (0.001, (0.1, 0.2, 0.8)),
+                    (1.0, (1.0, 1.0, 1.0)), (2.0, (1.0, 0.6, 0.0)))
+
+
+def load_jacobian(folder: Path, name: str, node=None):
+    """The result's ``jacobian.nrrd`` (det of the transform on the fixed domain) shown with :data:`JACOBIAN_COLOURS`,
+    folding in red; None for an affine result (its determinant is one number)."""
+    path = Path(folder) / "jacobian.nrrd"
+    if not path.is_file():
+        return None
+    node = load_volume(path, name, node)
+    colours = _scene().GetFirstNodeByName("PromptReg Jacobian colours")
+    if colours is None:
+        colours = slicer.vtkMRMLProceduralColorNode()
+        colours.SetName("PromptReg Jacobian colours")
+        colours.SetType(slicer.vtkMRMLColorNode.User)
+        function = vtk.vtkColorTransferFunction()
+        for value, rgb in JACOBIAN_COLOURS:
+            function.AddRGBPoint(value, *rgb)
+        colours.SetAndObserveColorTransferFunction(function)
+        _scene().AddNode(colours)
+    display = node.GetDisplayNode()
+    display.SetAndObserveColorNodeID(colours.GetID())
+    display.AutoWindowLevelOff()
+    display.SetWindowLevelMinMax(JACOBIAN_COLOURS[0][0], JACOBIAN_COLOURS[-1][0])
+    return node
+
+
+def checkerboard(fixed_node, warped_node, square_mm: float = 20.0, node=None):
+    """A checkerboard of the fixed volume and the registered moving volume (on the fixed grid), squares of about
+    ``square_mm``, each volume mapped through its own display window to [0, 1] so CT and MR tiles compare."""
+    if warped_node.GetImageData().GetNumberOfScalarComponents() != 1:
+        raise ValueError("the checkerboard needs a grey registered volume; use the fade for colour images")
+    fixed_image, warped_image = fixed_node.GetImageData(), warped_node.GetImageData()
+    if fixed_image.GetDimensions() != warped_image.GetDimensions():
+        raise ValueError("the registered volume is not on the fixed volume's grid")
+    checker = vtk.vtkImageCheckerboard()
+    for port, volume in enumerate((fixed_node, warped_node)):
+        checker.SetInputData(port, _display_normalised(volume))
+    dimensions, spacing = fixed_image.GetDimensions(), fixed_node.GetSpacing()
+    checker.SetNumberOfDivisions(*[max(1, round(n * s / square_mm)) for n, s in zip(dimensions, spacing)])
+    checker.Update()
+    node = node or _scene().AddNewNodeByClass("vtkMRMLScalarVolumeNode", "PromptReg checkerboard")
+    matrix = vtk.vtkMatrix4x4()
+    fixed_node.GetIJKToRASMatrix(matrix)
+    node.SetIJKToRASMatrix(matrix)
+    node.SetAndObserveImageData(checker.GetOutput())
+    if node.GetDisplayNode() is None:
+        node.CreateDefaultDisplayNodes()
+    node.GetDisplayNode().AutoWindowLevelOff()
+    node.GetDisplayNode().SetWindowLevelMinMax(0.0, 1.0)
+    return node
+
+
+def _display_normalised(volume_node):
+    """The volume's voxels as float, (value − window low) / window width: what the user sees, as 0–1."""
+    display = volume_node.GetDisplayNode()
+    if display is not None and display.GetWindow() > 0:
+        low, width = display.GetLevel() - display.GetWindow() / 2, display.GetWindow()
+    else:
+        low, high = volume_node.GetImageData().GetScalarRange()
+        width = max(high - low, 1e-9)
+    scale = vtk.vtkImageShiftScale()
+    scale.SetInputData(volume_node.GetImageData())
+    scale.SetShift(-low)
+    scale.SetScale(1.0 / width)
+    scale.SetOutputScalarTypeToFloat()
+    scale.ClampOverflowOff()
+    scale.Update()
+    return scale.GetOutput()
 
 
 def transform_point_fixed_to_moving(transform_node, point_ras) -> list[float]:

@@ -9,6 +9,8 @@
 4. Quality kept with the pair: predicted IoUs, peak and its margin over the best separate peak, size ratio
    (largest cross-section, mm²), prototype cosine, and a cycle check (ROI Y inverted back must land within
    ``cycle_tolerance_mm`` of ROI X).
+
+A Prompt Y the user gives (:func:`prompt_pair`) skips 2–3 and the cycle check: ROI Y is prompted there.
 """
 from __future__ import annotations
 
@@ -138,13 +140,31 @@ def inverse_prompt(fixed: View, moving: View, roi_x: ROI, prior: AffinePrior,
                    resemblance=float(resemblance[choice]))
     outside = ~roi_y.mask & np.isfinite(score)
     quality["peak_margin"] = float(score[peaks[choice]] - (score[outside].max() if outside.any() else -1.0))
+    quality.update(region_quality(fixed, moving, roi_x, roi_y))
     if roi_y.mask.any():
-        quality["prototype_cosine"] = float(moving.prototype(roi_y.mask) @ p_x)
-        # largest cross-sections (mm²): unlike volumes, not cut short by a thinner slab in one image
-        quality["size_ratio"] = moving.largest_section_mm2(roi_y.mask) / max(fixed.largest_section_mm2(roi_x.mask),
-                                                                             1e-9)
-        quality["volume_ratio"] = moving.volume_mm3(roi_y.mask) / max(fixed.volume_mm3(roi_x.mask), 1e-9)
         quality["cycle_ok"], quality["cycle_distance_mm"] = cycle_check(fixed, roi_x, moving, roi_y, prior, options)
     else:
-        quality.update(prototype_cosine=-1.0, size_ratio=0.0, cycle_ok=False, cycle_distance_mm=float("inf"))
+        quality.update(cycle_ok=False, cycle_distance_mm=float("inf"))
+    return InverseResult(roi_y, quality)
+
+
+def region_quality(fixed: View, moving: View, roi_x: ROI, roi_y: ROI) -> dict:
+    """How alike two corresponding regions are: predicted IoUs, prototype cosine, size and volume ratios."""
+    quality = {"iou_x": roi_x.iou, "iou_y": roi_y.iou}
+    if not roi_y.mask.any() or not roi_x.mask.any():
+        return {**quality, "prototype_cosine": -1.0, "size_ratio": 0.0}
+    quality["prototype_cosine"] = float(moving.prototype(roi_y.mask) @ fixed.prototype(roi_x.mask))
+    # largest cross-sections (mm²): unlike volumes, not cut short by a thinner slab in one image
+    quality["size_ratio"] = moving.largest_section_mm2(roi_y.mask) / max(fixed.largest_section_mm2(roi_x.mask), 1e-9)
+    quality["volume_ratio"] = moving.volume_mm3(roi_y.mask) / max(fixed.volume_mm3(roi_x.mask), 1e-9)
+    return quality
+
+
+def prompt_pair(fixed: View, moving: View, roi_x: ROI, prompt_y_lps: np.ndarray) -> InverseResult:
+    """ROI Y from a Prompt Y the user gave for ROI X (no search, no cycle check: the user says they correspond).
+
+    The prompt is sized like ROI X, as inverse prompting prompts a peak, and grown; decoder work only."""
+    seed = moving.seed_sized_at(np.asarray(prompt_y_lps, dtype=float), fixed.half_extent_mm(roi_x.mask))
+    roi_y = moving.grow([seed])[0]
+    quality = {**region_quality(fixed, moving, roi_x, roi_y), "prompt_y": "user"}
     return InverseResult(roi_y, quality)

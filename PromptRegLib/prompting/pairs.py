@@ -15,7 +15,7 @@ import numpy as np
 from ..errors import Cancelled
 from ..views.base import ROI, View
 from ..views.regions import dice
-from .inverse import AffinePrior, InverseOptions, inverse_prompt
+from .inverse import AffinePrior, InverseOptions, inverse_prompt, prompt_pair
 
 
 @dataclass
@@ -112,8 +112,12 @@ def segment_prompts(view: View, points_lps: list[np.ndarray], boxes_lps: list[np
 
 
 def find_pairs(fixed: View, moving: View, points_lps: list[np.ndarray], boxes_lps: list[np.ndarray],
-               prior: AffinePrior, options: PairOptions | None = None, progress=None, cancel=None) -> list[ROIPair]:
-    """All ROI pairs, user prompts first; each carries its quality and whether (and why not) it is used."""
+               prior: AffinePrior, options: PairOptions | None = None, progress=None, cancel=None,
+               user_pairs_lps: list[tuple[np.ndarray, np.ndarray]] = ()) -> list[ROIPair]:
+    """All ROI pairs, the user's first; each carries its quality and whether (and why not) it is used.
+
+    ``user_pairs_lps``: (Prompt X, Prompt Y) the user gave together — ROI Y is prompted at Prompt Y
+    (:func:`~.inverse.prompt_pair`), and these pairs, named "Pair n", tell where to search for the others."""
     options = options or PairOptions()
     rng = np.random.default_rng(options.seed)
     planar = fixed.image.dimension == 2
@@ -140,9 +144,14 @@ def find_pairs(fixed: View, moving: View, points_lps: list[np.ndarray], boxes_lp
         return pair
 
     report("segmenting Prompt X", 0.0)
-    user_rois = segment_prompts(fixed, points_lps, boxes_lps)
+    given_x = [np.asarray(x, dtype=float) for x, _ in user_pairs_lps]
+    rois = segment_prompts(fixed, given_x + list(points_lps), boxes_lps)
+    pairs = [given_pair(fixed, moving, roi_x, x, np.asarray(y, dtype=float), f"Pair {index + 1}")
+             for index, (roi_x, x, (_, y)) in enumerate(zip(rois, given_x, user_pairs_lps))]
+    if any(p.accepted for p in pairs):
+        prior = update_prior(fixed, moving, [p for p in pairs if p.accepted])
+    user_rois = rois[len(given_x):]
     user_prompts = list(points_lps) + [np.asarray(b).reshape(2, -1).mean(0) for b in boxes_lps]
-    pairs = []
     for index, (roi_x, prompt) in enumerate(zip(user_rois, user_prompts)):
         report("inverse prompting", index / max(1, len(user_rois) + auto_pairs))
         pairs.append(make_pair(roi_x, prompt, "user", f"Prompt {index + 1}"))
@@ -162,6 +171,19 @@ def find_pairs(fixed: View, moving: View, points_lps: list[np.ndarray], boxes_lp
                 continue
             pairs.append(make_pair(roi_x, prompt, "auto", f"Auto {index + 1}"))
     return deduplicate(pairs, options)
+
+
+def given_pair(fixed: View, moving: View, roi_x: ROI, prompt_x_lps: np.ndarray, prompt_y_lps: np.ndarray,
+               name: str) -> ROIPair:
+    """A pair whose Prompt Y the user gave: used unless the model finds no region at either prompt."""
+    if not roi_x.mask.any():
+        return pair_without_roi_x(name, roi_x, moving, prompt_x_lps, "user pair")
+    result = prompt_pair(fixed, moving, roi_x, prompt_y_lps)
+    pair = ROIPair(name, roi_x, result.roi_y, prompt_x_lps, np.asarray(prompt_y_lps, dtype=float), "user pair",
+                   result.quality)
+    if not result.roi_y.mask.any():
+        pair.accepted, pair.rejected_because = False, "no ROI Y: the model found no region at the given Prompt Y"
+    return pair
 
 
 def update_prior(fixed: View, moving: View, pairs: list[ROIPair]) -> AffinePrior:

@@ -121,6 +121,11 @@ class View(ABC):
         """A region on the view grid → a boolean mask on the original image grid (numpy order)."""
         return resample_mask(self._on_grid(mask), self.grid, Grid.of(self.image))
 
+    def from_image_mask(self, image_mask: np.ndarray) -> np.ndarray:
+        """A boolean mask on the original image grid (numpy order) → a region on the view grid (K, R, C)."""
+        mask = resample_mask(np.asarray(image_mask, dtype=bool), Grid.of(self.image), self.grid)
+        return mask if self.grid.dimension == 3 else mask[None]
+
     def mask_image(self, mask: np.ndarray) -> Image:
         """A region as a float32 :class:`Image` on the working grid (its geometry travels with it)."""
         return Image(self.grid.image(self._on_grid(mask).astype(np.float32)), self.image.source)
@@ -171,6 +176,11 @@ class View(ABC):
                  window=None) -> list[Seed]:
         """Candidate regions prompted at similarity peaks (voxels), sized like a region of ``half_extent_mm``
         (along K, R, C), using the weighted ``score`` map (K, R, C) to centre each prompt."""
+
+    @abstractmethod
+    def seed_sized_at(self, point_lps: np.ndarray, half_extent_mm: np.ndarray) -> Seed:
+        """The region at a point given as corresponding to another region (a user's Prompt Y), prompted as inverse
+        prompting prompts a peak: sized like a region of ``half_extent_mm`` (along K, R, C)."""
 
     @abstractmethod
     def grow(self, seeds: list[Seed], k_ranges: list[tuple[int, int]] | None = None, progress=None) -> list[ROI]:

@@ -169,6 +169,10 @@ class CubeView(View):
         logits, iou = self._decode(cube, points)
         return [self._seed(cube, lg, s, p) for lg, s, p in zip(logits, iou, points)]
 
+    def seed_sized_at(self, point_lps, half_extent_mm) -> Seed:
+        """A positive point, as for a peak (SAM-Med3D takes no box; the region's size is the model's to find)."""
+        return self.seed_from_point(point_lps)
+
     def grow(self, seeds, k_ranges=None, progress=None) -> list[ROI]:
         """Each seed refined once with its own mask as the mask prompt (the auxiliary prompt), when that helps."""
         rois = []

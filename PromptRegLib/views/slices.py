@@ -238,15 +238,23 @@ class SliceView(View):
 
     def seeds_at(self, peaks, half_extent_mm, score, window=None, refits: int = 2) -> list[Seed]:
         """A box of the region's in-plane size centred on each peak's high-score area, re-fitted twice."""
+        centres = [_region_centre(score[k], (r, c)) for k, r, c in peaks]
+        return self._sized_seeds([int(k) for k, _, _ in peaks], centres, half_extent_mm, refits)
+
+    def seed_sized_at(self, point_lps, half_extent_mm) -> Seed:
+        k, row, col = self.lps_to_voxel(self.check_prompt(point_lps)[None])[0]
+        k = int(np.clip(round(k), 0, self.shape[0] - 1))
+        seed = self._sized_seeds([k], [np.array([row, col])], half_extent_mm)[0]
+        seed.prompt_lps = np.asarray(point_lps, dtype=float)[: self.image.dimension]
+        return seed
+
+    def _sized_seeds(self, slices: list[int], centres_rc: list[np.ndarray], half_extent_mm,
+                     refits: int = 2) -> list[Seed]:
+        """A box of the region's in-plane size centred on each (row, column) centre, re-fitted ``refits`` times."""
         half_px = np.asarray(half_extent_mm[1:], dtype=float) / self.pixel_spacing[0]
         rows, cols = self.shape[1:]
-        slices, boxes = [], []
-        for k, r, c in peaks:
-            centre = _region_centre(score[k], (r, c))
-            box = np.array([centre[1] - half_px[1], centre[0] - half_px[0], centre[1] + half_px[1],
-                            centre[0] + half_px[0]])
-            boxes.append(np.clip(box, 0, [cols - 1, rows - 1, cols - 1, rows - 1]))
-            slices.append(int(k))
+        boxes = [np.clip(np.array([c[1] - half_px[1], c[0] - half_px[0], c[1] + half_px[1], c[0] + half_px[0]]),
+                         0, [cols - 1, rows - 1, cols - 1, rows - 1]) for c in centres_rc]
         masks, iou = self.decode_boxes(slices, np.array(boxes))
         for _ in range(refits):
             masks, iou, boxes = self.refit(slices, masks, iou)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from PromptRegLib.bench import (Limits, _markdown, draw_click_sets, grid_for_spacing, landmark_pixels, load_cases,
-                                prepare_case, read_homography, run_guarded, score, second_click_seconds,
-                                summarise_click_runs)
+from PromptRegLib.bench import (CORRECTION_DRAG_MM, Limits, _markdown, correction_seconds, draw_click_sets,
+                                grid_for_spacing, landmark_pixels, load_cases, prepare_case, read_homography,
+                                run_guarded, score, second_click_seconds, summarise_click_runs)
 from PromptRegLib.errors import InputImageError
 
 
@@ -207,7 +207,7 @@ def test_click_spread_summary_and_markdown_rows():
     assert spread["errors"] == 1 and spread["tre_mm"]["spread"] == pytest.approx(0.5)
     assert spread["dice_mean"]["min"] == 0.95 and spread["runs"][2]["error"].startswith("RegistrationError")
     rows = [{"case": "c", "method": "promptreg", "dice_mean": 0.9, "tre_mm": 3.0, "seconds": 10.0, "peak_mb": 900.0,
-             "transform_mb": 1.5, "click_spread": spread, "second_click_s": 2.345},
+             "transform_mb": 1.5, "click_spread": spread, "second_click_s": 2.345, "correction_s": 1.25},
             {"case": "c", "method": "simpleitk", "dice_mean": 0.8, "tre_mm": 5.0, "seconds": 5.0, "peak_mb": 400.0,
              "transform_mb": 0.1, "time_ratio": 2.0, "dice_ratio": 1.125},
             {"case": "h", "method": "promptreg-auto", "tre_px": 16.1, "rtre": 0.014, "seconds": 30.0, "peak_mb": 800.0},
@@ -215,10 +215,10 @@ def test_click_spread_summary_and_markdown_rows():
              "peak_mb": 300.0},
             {"case": "c", "method": "elastix", "error": "RuntimeError: ITK ERROR:\n a | b"}]
     table = _markdown(rows)
-    assert "| c | promptreg | 0.900 | 3.00 mm | 0.50 (2/3 sets) |  | 10.0 | 2.3 | 900 |" in table
+    assert "| c | promptreg | 0.900 | 3.00 mm | 0.50 (2/3 sets) |  | 10.0 | 2.3 | 1.2 | 900 |" in table
     assert "| c | simpleitk | 0.800 | 5.00 mm |" in table and "| 0.10 | 2.00 | 1.12 |" in table
     assert "| h | promptreg-auto |  | 16.1 px (1.40 %) |" in table
-    assert "| c | ants | error: timed out: still running after 60 s (--timeout) | | | | 60.0 | | 300 |" in table
+    assert "| c | ants | error: timed out: still running after 60 s (--timeout) | | | | 60.0 | | | 300 |" in table
     assert "| c | elastix | error: RuntimeError: ITK ERROR: a / b |" in table  # one line, one cell
     assert "| c | 3 (1) | 3.00 / 3.25 / 3.50 | 0.50 | 0.950 / 0.955 / 0.960 |" in table
 
@@ -236,3 +236,22 @@ def test_a_second_click_is_timed_on_the_runs_own_encoded_views(cases):
     assert 0 < seconds < 60
     assert (result.fixed_view.encoded, result.moving_view.encoded) == encoded  # nothing encoded again
     assert second_click_seconds(dataclasses.replace(case, prompts_ras=[]), result) is None
+
+
+def test_a_prompt_y_correction_is_timed_on_the_runs_own_views_and_changes_the_pair_and_transform(cases):
+    from PromptRegLib.fit import FitOptions
+    from PromptRegLib.prompting.pairs import PairOptions
+    from PromptRegLib.registration import register
+
+    case = cases["ctchest4_2d"]
+    result = register(case.path(case.fixed), case.path(case.moving), case.prompts_ras[:2], model="test-patches",
+                      pair_options=PairOptions(auto_pairs=0, warps=0),
+                      fit_options=FitOptions(transform="affine", feature_weight=0))
+    pair = result.accepted_pairs[0]
+    before = (pair.prompt_y_lps.copy(), pair.roi_y, result.transform, result.fixed_view.encoded,
+              result.moving_view.encoded)
+    seconds = correction_seconds(result)
+    assert 0 < seconds < 60
+    np.testing.assert_allclose(pair.prompt_y_lps - before[0], [-CORRECTION_DRAG_MM, 0.0])  # dragged 3 mm to the R
+    assert pair.roi_y is not before[1] and result.transform is not before[2]  # segmented again, refitted
+    assert (result.fixed_view.encoded, result.moving_view.encoded) == before[3:]  # decoder only

@@ -40,7 +40,8 @@ def _parameters(fixed, moving, prompts, **overrides):
     fields = dict(fixedVolume=fixed, movingVolume=moving, promptX=prompts, boxPrompt=None, model="litemedsam",
                   checkpoint="", device="cpu", autoPairs=0, warps=0, transformType="deformable", bending=10.0,
                   loadWarped=True, fixedSegmentation=None, movingSegmentation=None, promptY=None,
-                  outputTransform=None, warpedVolume=None)
+                  outputTransform=None, warpedVolume=None, jacobianVolume=None, checkerboardVolume=None,
+                  preset="Default", liveMode=True)
     return types.SimpleNamespace(**{**fields, **overrides})
 
 
@@ -72,11 +73,51 @@ def flow(ct_case, cache_dir, tmp_path_factory):
     refit_events = refit.wait(timeout=600)
     assert refit.error is None, refit.log()
     refit_nodes = logic.loadResults(refit, parameters)
-    second = {"nodes": refit_nodes, "result": refit.result, "run": refit, "rejected": rejected, "events": refit_events,
-              "node_count": slicer.mrmlScene.GetNumberOfNodes()}
+    second = {"nodes": dict(refit_nodes), "result": refit.result, "run": refit, "rejected": rejected,
+              "events": refit_events, "node_count": slicer.mrmlScene.GetNumberOfNodes(), "moved": _probe(refit_nodes),
+              "prompt_y": _positions(refit_nodes["prompt_y"]), "parent": moving.GetParentTransformNode(),
+              "output_transform": parameters.outputTransform}
+
+    # the user drags the rejected pair's Prompt Y (moving volume's coordinates) 8 mm: a correction
+    prompt_y = refit_nodes["prompt_y"]
+    index = [prompt_y.GetNthControlPointLabel(i) for i in range(prompt_y.GetNumberOfControlPoints())].index(rejected)
+    dragged = list(np.add(second["prompt_y"][index], [8.0, 0.0, 0.0]))
+    prompt_y.SetNthControlPointPosition(index, *dragged)
+    correction = logic.startCorrection(parameters, workRoot=str(work))
+    correction_events = correction.wait(timeout=600)
+    assert correction.error is None, correction.log()
+    corrected_nodes = logic.loadResults(correction, parameters)
+    third = {"nodes": dict(corrected_nodes), "result": correction.result, "run": correction, "dragged": dragged,
+             "index": index, "events": correction_events, "moved": _probe(corrected_nodes),
+             "prompt_y": _positions(corrected_nodes["prompt_y"]), "no_edit": logic.startCorrection(parameters)}
+
+    undone = logic.undo(parameters)
+    after_undo = {"nodes": dict(undone), "moved": _probe(undone), "prompt_y": _positions(undone["prompt_y"]),
+                  "can_redo": logic.canRedo()}
+    redone = logic.redo(parameters)
+    after_redo = {"moved": _probe(redone), "jacobian": logic.showJacobian(parameters)}
+    logic.undo(parameters)
+    back_to_first = logic.undo(parameters)  # the deformable result: Jacobian volume and comparison
+    quality = {"report": back_to_first["report"], "jacobian": logic.showJacobian(parameters),
+               "compare": logic.compare(parameters), "can_undo": logic.canUndo(),
+               "folders": [run.folder for run in logic.history]}
     yield {"case": case, "fixed": fixed, "moving": moving, "parameters": parameters, "logic": logic,
-           "first": first, "second": second}
-    logic.discardLastRun()
+           "first": first, "second": second, "third": third, "after_undo": after_undo, "after_redo": after_redo,
+           "quality": quality}
+    logic.discardHistory()
+
+
+def _probe(nodes) -> list:
+    return [mrml.transform_point_fixed_to_moving(nodes["transform"], p) for p in PROBES]
+
+
+def _positions(markups) -> list:
+    points = []
+    for index in range(markups.GetNumberOfControlPoints()):
+        point = [0.0] * 3
+        markups.GetNthControlPointPosition(index, point)
+        points.append(point)
+    return points
 
 
 PROBES = ([-330.0, -420.0, 0.0], [-420.0, -380.0, 0.0], [-380.0, -450.0, 0.0])
@@ -108,10 +149,8 @@ def test_mrml_grid_transform_is_observed_and_maps_like_the_cli(flow):
 def test_mrml_warped_volume_node_holds_the_warped_image(flow):
     warped_node = flow["first"]["nodes"]["warped"]
     written = sitk.GetArrayFromImage(sitk.ReadImage(str(flow["first"]["outputs"] / "warped_moving.nrrd")))
-    # the refit has replaced the node's content since: compare with the refit's own file instead
-    refit_written = Path(flow["second"]["result"]["output_dir"]) / "warped_moving.nrrd"
-    np.testing.assert_allclose(slicer.util.arrayFromVolume(warped_node).squeeze(),
-                               sitk.GetArrayFromImage(sitk.ReadImage(str(refit_written))).squeeze(), atol=1e-3)
+    # refits replaced the node's content, then undo brought the first result back into the same node
+    np.testing.assert_allclose(slicer.util.arrayFromVolume(warped_node).squeeze(), written.squeeze(), atol=1e-3)
     assert written.shape == slicer.util.arrayFromVolume(flow["fixed"]).squeeze().shape
 
 
@@ -129,19 +168,87 @@ def test_refit_is_a_refit_request_without_the_model(flow):
 
 def test_refit_updates_the_transform_and_reuses_every_output_node(flow):
     first, second = flow["first"], flow["second"]
-    for role in ("fixed_segmentation", "moving_segmentation", "prompt_y", "transform", "warped"):
+    for role in ("fixed_segmentation", "moving_segmentation", "prompt_y", "warped"):
         assert second["nodes"][role] is first["nodes"][role], role
-    assert second["node_count"] == first["node_count"]
-    assert flow["moving"].GetParentTransformNode() is second["nodes"]["transform"]
-    assert flow["parameters"].outputTransform is second["nodes"]["transform"]
-    moved_now = [mrml.transform_point_fixed_to_moving(second["nodes"]["transform"], p) for p in PROBES]
-    changes = [np.linalg.norm(np.subtract(now, before)) for now, before in zip(moved_now, first["moved"].values())]
+    assert second["node_count"] == first["node_count"]  # the grid transform node was replaced, not added to
+    assert second["parent"] is second["nodes"]["transform"] is second["output_transform"]
+    changes = [np.linalg.norm(np.subtract(now, before)) for now, before in zip(second["moved"], first["moved"].values())]
     assert max(changes) > 0.5, changes
 
 
-def test_refit_keeps_only_its_own_run_folder(flow):
-    assert not flow["first"]["run"].folder.exists()  # replaced: nothing piles up in the temporary folder
-    assert flow["logic"].lastRun is flow["second"]["run"] and flow["second"]["run"].folder.exists()
+def test_an_affine_result_is_a_linear_transform_node_that_maps_like_its_file(flow):
+    second = flow["second"]
+    node = second["nodes"]["transform"]
+    assert node.IsA("vtkMRMLLinearTransformNode") and node.IsTransformToWorldLinear()
+    assert first_is_grid(flow) and "moving-to-fixed" in node.GetName()
+    itk_transform = sitk.ReadTransform(str(Path(second["result"]["output_dir"]) / "transform.h5"))
+    for point, got in zip(PROBES, second["moved"]):
+        expected = itk_transform.TransformPoint([-point[0], -point[1]])
+        np.testing.assert_allclose(got[:2], [-expected[0], -expected[1]], atol=1e-3)
+
+
+def first_is_grid(flow) -> bool:
+    return flow["first"]["nodes"]["transform"].GetClassName() == "vtkMRMLGridTransformNode"
+
+
+def test_moving_a_prompt_y_resegments_that_roi_y_uses_the_pair_and_refits(flow):
+    import slicerio
+
+    second, third = flow["second"], flow["third"]
+    request = third["run"].request
+    assert request["request"] == "refit" and list(request["prompt_y_ras"]) == [second["rejected"]]
+    np.testing.assert_allclose(request["prompt_y_ras"][second["rejected"]], third["dragged"], atol=1e-6)
+    pairs = {p["name"]: p for p in third["result"]["pairs"]}
+    corrected = pairs[second["rejected"]]
+    assert corrected["accepted"] and corrected["corrected"] and corrected["prompt_y"] == "user"
+    masks = [slicerio.segment_mask(slicerio.read_segmentation(str(Path(r["output_dir"]) / "moving_rois.seg.nrrd")),
+                                   second["rejected"]) for r in (second["result"], third["result"])]
+    assert masks[1].any() and not np.array_equal(masks[0], masks[1])  # ROI Y segmented again at the new Prompt Y
+    changes = [np.linalg.norm(np.subtract(a, b)) for a, b in zip(third["moved"], second["moved"])]
+    assert max(changes) > 0.1, changes
+    for role in ("fixed_segmentation", "moving_segmentation", "prompt_y", "transform", "warped"):
+        assert third["nodes"][role] is second["nodes"][role], role
+    np.testing.assert_allclose(third["prompt_y"][third["index"]], third["dragged"], atol=1e-3)
+    assert third["no_edit"] is None  # nothing moved since: no run
+
+
+def test_undo_restores_the_previous_pairs_and_transform_exactly_and_redo_returns(flow):
+    second, third, undone, redone = flow["second"], flow["third"], flow["after_undo"], flow["after_redo"]
+    np.testing.assert_allclose(undone["moved"], second["moved"], atol=1e-9)
+    np.testing.assert_allclose(undone["prompt_y"], second["prompt_y"], atol=1e-9)
+    assert undone["nodes"]["transform"] is third["nodes"]["transform"] and undone["can_redo"]
+    np.testing.assert_allclose(redone["moved"], third["moved"], atol=1e-9)
+
+
+def test_quality_numbers_jacobian_volume_and_comparison(flow):
+    quality = flow["quality"]
+    report = quality["report"]
+    used = [p for p in report["pairs"] if p["accepted"]]
+    assert used and all(0.5 < p["dice_registered"] <= 1.0 for p in used)
+    assert "folding" in PromptReg.PromptRegLogic.summary(report)
+    assert flow["after_redo"]["jacobian"] is None  # affine: no volume
+    jacobian = quality["jacobian"]
+    written = sitk.GetArrayFromImage(sitk.ReadImage(str(Path(flow["first"]["result"]["output_dir"]) / "jacobian.nrrd")))
+    np.testing.assert_allclose(slicer.util.arrayFromVolume(jacobian).squeeze(), written.squeeze(), atol=1e-6)
+    assert (written > 0).all()  # the first result does not fold
+    board = quality["compare"]["checkerboard"]
+    fixed = slicer.util.arrayFromVolume(flow["fixed"])
+    assert slicer.util.arrayFromVolume(board).shape == fixed.shape
+    assert not quality["can_undo"]
+
+
+def test_the_history_keeps_each_result_folder_until_discarded(flow):
+    folders = flow["quality"]["folders"]
+    assert len(folders) == 3 and all(folder.exists() for folder in folders)
+
+
+def test_a_correction_naming_an_unknown_pair_is_a_clear_error(flow, tmp_path):
+    from PromptRegLib.errors import InputImageError
+    from PromptRegLib.refit import refit_from_outputs
+
+    with pytest.raises(InputImageError, match="no pair named 'Prompt 9'"):
+        refit_from_outputs(flow["first"]["outputs"], tmp_path / "out", prompt_y_ras={"Prompt 9": [0.0, 0.0, 0.0]})
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_colour_warped_image_loads_as_a_colour_volume_replacing_a_grey_output_node(tmp_path):
