@@ -26,7 +26,7 @@ demo: venv
 	$(VENV)/bin/promptreg demo --data $(DATA) -o $(OUT)
 
 test: venv
-	$(PY) -m pytest -q Testing/Python
+	$(PY) -m pytest -q --durations=15 Testing/Python
 
 # Optional peers for the benchmark: never needed by `make test`.
 bench: venv

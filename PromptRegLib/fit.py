@@ -164,8 +164,9 @@ def resample_onto(values: np.ndarray, source: Image, reference: Image) -> np.nda
 
 
 def closed_form_affine(fixed_points: np.ndarray, moving_points: np.ndarray, weights: np.ndarray,
-                       ridge: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
-    """Weighted least squares ``moving ≈ A fixed + t`` pulled towards A = I (ridge), so few points stay sane."""
+                       ridge: float = 1e-3, reference: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted least squares ``moving ≈ A fixed + t`` pulled towards A = ``reference`` (ridge; the identity by
+    default), so few points stay sane."""
     dimension = fixed_points.shape[1]
     w = weights / weights.sum()
     fixed_mean = (w[:, None] * fixed_points).sum(0)
@@ -173,8 +174,9 @@ def closed_form_affine(fixed_points: np.ndarray, moving_points: np.ndarray, weig
     x = fixed_points - fixed_mean
     y = moving_points - moving_mean
     scale = max((w * (x ** 2).sum(1)).sum(), 1e-9)
+    pull = np.eye(dimension) if reference is None else reference
     covariance = (w[:, None] * x).T @ x + ridge * scale * np.eye(dimension)
-    cross = (w[:, None] * y).T @ x + ridge * scale * np.eye(dimension)
+    cross = (w[:, None] * y).T @ x + ridge * scale * pull
     matrix = cross @ np.linalg.inv(covariance)
     return matrix, moving_mean - matrix @ fixed_mean
 
@@ -197,10 +199,23 @@ def plausible_affine(matrix: np.ndarray, scale_range: tuple[float, float] = (0.6
                 and rotation_angle_deg(matrix) <= max_rotation_deg)
 
 
+def rigid_from_centroids(fixed_centroids: np.ndarray, moving_centroids: np.ndarray,
+                         weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The proper rotation and shift that best map the fixed centroids onto the moving ones (weighted Kabsch)."""
+    w = weights / weights.sum()
+    fixed_mean, moving_mean = w @ fixed_centroids, w @ moving_centroids
+    u, _, vt = np.linalg.svd(((fixed_centroids - fixed_mean) * w[:, None]).T @ (moving_centroids - moving_mean))
+    signs = np.ones(len(fixed_mean))
+    signs[-1] = np.sign(np.linalg.det(vt.T @ u.T)) or 1.0  # a rotation, never a mirror
+    rotation = vt.T @ np.diag(signs) @ u.T
+    return rotation, moving_mean - rotation @ fixed_mean
+
+
 def rotation_demanded(fixed_centroids: np.ndarray, moving_centroids: np.ndarray, weights: np.ndarray,
                       matrix: np.ndarray, offset: np.ndarray) -> bool:
-    """Whether the pairs' centroids need the rotation: at least d + 1 pairs, and the affine explains them with
-    less than half the residual of the best shift."""
+    """Whether the pairs' centroids need the rotation: at least d + 1 pairs (d points always lie in one plane, and
+    turning that plane over maps two mirror-image neighbours onto each other exactly), and ``matrix``, ``offset``
+    explain them with less than a quarter of the residual of the best shift."""
     if len(fixed_centroids) <= fixed_centroids.shape[1]:
         return False
     w = weights / weights.sum()
@@ -210,13 +225,16 @@ def rotation_demanded(fixed_centroids: np.ndarray, moving_centroids: np.ndarray,
     return bool(affine_residual < 0.25 * shift_residual)
 
 
-def box_corner_points(mask: Image) -> np.ndarray:
-    """Physical centroid and the corners of the mask's bounding box along the LPS axes, (1 + 2^d, d).
+def box_corner_points(mask: Image, frame: np.ndarray | None = None) -> np.ndarray:
+    """Physical centroid and the corners of the mask's bounding box along the LPS axes, (1 + 2^d, d) — or along the
+    axes of ``frame`` (a rotation: its columns), for regions turned by it.
 
     Corner n is the same physical corner in any image, however it is stored (min/max per LPS axis)."""
     points = mask.index_to_lps(np.argwhere(np.asarray(mask.array) > 0.5)[:, ::-1].astype(float))
-    low, high = points.min(0), points.max(0)
-    corners = np.array(np.meshgrid(*zip(low, high), indexing="ij")).reshape(len(low), -1).T
+    frame = np.eye(points.shape[1]) if frame is None else frame
+    turned = points @ frame
+    low, high = turned.min(0), turned.max(0)
+    corners = np.array(np.meshgrid(*zip(low, high), indexing="ij")).reshape(len(low), -1).T @ frame.T
     return np.vstack([points.mean(0), corners])
 
 
@@ -288,41 +306,53 @@ def _optimise(parameters, closure, options: FitOptions, cancel) -> tuple[int, fl
 
 
 def initial_affine(fixed_masks: list[Image], moving_masks: list[Image], weights: np.ndarray,
-                   max_rotation_deg: float = 30.0) -> tuple[np.ndarray, np.ndarray, str]:
-    """Closed-form affine from physical centroids and LPS box corners, and how it was settled.
+                   max_rotation_deg: float = 30.0, turn: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, str]:
+    """Closed-form affine from physical centroids and box corners, and how it was settled.
 
-    One pair gives a shift. A mirror, a squash or a rotation beyond ``max_rotation_deg`` that the centroids do
-    not demand means inconsistent pairs: the weighted mean shift is kept instead."""
+    One pair gives a shift. The pairs' centres first give a rotation (:func:`rigid_from_centroids`), kept when it
+    exceeds ``max_rotation_deg`` only if the centres demand it (a patient turned on their side): the moving regions'
+    boxes are then taken along the turned axes, so box corners still correspond. A mirror, a squash or a rotation
+    beyond ``max_rotation_deg`` that the centres do not demand means inconsistent pairs: the mean shift is kept.
+    ``turn``: a rotation found before prompting (:mod:`PromptRegLib.prompting.orientation`), the start when the
+    pairs are too few to fix one themselves."""
     fixed_points = [box_corner_points(m) for m in fixed_masks]
-    moving_points = [box_corner_points(m) for m in moving_masks]
     dimension = fixed_points[0].shape[1]
-    shift = np.average(np.array([m[0] - f[0] for f, m in zip(fixed_points, moving_points)]), axis=0, weights=weights)
+    fixed_centres = np.array([f[0] for f in fixed_points])
+    moving_centres = np.array([box_corner_points(m)[0] for m in moving_masks])
+    frame, turned = (np.eye(dimension), None) if turn is None else (turn, "turned as the features agree")
+    shift = np.average(moving_centres - fixed_centres @ frame.T, axis=0, weights=weights)
     if len(fixed_masks) == 1:
-        return np.eye(dimension), shift, "shift (one pair)"
+        return frame, shift, "shift (one pair)" + (f", {turned}" if turned else "")
+    rotation, rotation_offset = rigid_from_centroids(fixed_centres, moving_centres, weights)
+    if rotation_angle_deg(rotation) > max_rotation_deg and rotation_demanded(fixed_centres, moving_centres, weights,
+                                                                             rotation, rotation_offset):
+        frame, turned = rotation, "turned by the pairs' centres"
+    moving_points = [box_corner_points(m, frame) for m in moving_masks]
     stacked_fixed, stacked_moving = np.vstack(fixed_points), np.vstack(moving_points)
     point_weights = np.repeat(weights, len(fixed_points[0]))
-    matrix, offset = closed_form_affine(stacked_fixed, stacked_moving, point_weights)
+    matrix, offset = closed_form_affine(stacked_fixed, stacked_moving, point_weights, reference=frame)
     if not plausible_affine(matrix):
-        return np.eye(dimension), shift, "shift (affine implausible)"
-    if rotation_angle_deg(matrix) > max_rotation_deg and not rotation_demanded(
-            np.array([f[0] for f in fixed_points]), np.array([m[0] for m in moving_points]), weights, matrix, offset):
-        return np.eye(dimension), shift, "shift (rotation not demanded by the pairs)"
-    return matrix, offset, "affine"
+        return frame, shift, "shift (affine implausible)"
+    if rotation_angle_deg(matrix) > max_rotation_deg and not turned:
+        return frame, shift, "shift (rotation not demanded by the pairs)"
+    return matrix, offset, f"affine ({turned})" if turned else "affine"
 
 
 def fit_transform(fixed: Image, moving: Image, fixed_masks: list[np.ndarray | Image],
                   moving_masks: list[np.ndarray | Image], weights: np.ndarray | None = None,
-                  options: FitOptions | None = None, cancel=None, features=None) -> FittedTransform:
+                  options: FitOptions | None = None, cancel=None, features=None,
+                  turn: np.ndarray | None = None) -> FittedTransform:
     """Fit the transform mapping fixed points to moving points so each moving ROI lands on its fixed ROI.
 
     ``fixed`` gives the domain the transform is defined on (the fixed image's grid); masks are Images with their
     own geometry, or numpy masks on ``fixed``'s / ``moving``'s grid. ``features`` (a
-    :class:`~PromptRegLib.dense.FeaturePair`) adds the dense feature term, weighted by ``options.feature_weight``."""
+    :class:`~PromptRegLib.dense.FeaturePair`) adds the dense feature term, weighted by ``options.feature_weight``;
+    ``turn`` starts the affine from a rotation found before prompting (see :func:`initial_affine`)."""
     options = options or FitOptions()
     weights = np.ones(len(fixed_masks)) if weights is None else np.asarray(weights, dtype=float)
     fixed_masks = [as_mask_image(m, fixed) for m in fixed_masks]
     moving_masks = [as_mask_image(m, moving) for m in moving_masks]
-    matrix, offset, how = initial_affine(fixed_masks, moving_masks, weights, options.max_rotation_deg)
+    matrix, offset, how = initial_affine(fixed_masks, moving_masks, weights, options.max_rotation_deg, turn)
     initial_matrix, initial_offset = matrix, offset
 
     reference = working_reference(fixed, options.working_voxels)
@@ -396,13 +426,13 @@ def fit_transform(fixed: Image, moving: Image, fixed_masks: list[np.ndarray | Im
 
 
 def fit_without_folding(fixed: Image, moving: Image, fixed_masks, moving_masks, weights, options: FitOptions,
-                        cancel=None, max_folding: float = 0.001, max_stiffening: int = 2, features=None):
+                        cancel=None, max_folding: float = 0.001, max_stiffening: int = 2, features=None, turn=None):
     """:func:`fit_transform`, stiffened ×10 while the field folds more than ``max_folding`` and at last affine: a
     folding field explains disagreeing ROIs, not anatomy. Returns the transform, its folding fraction and the
     options that produced it."""
     for attempt in range(max_stiffening + 1):
         transform = fit_transform(fixed, moving, fixed_masks, moving_masks, weights, options, cancel=cancel,
-                                  features=features)
+                                  features=features, turn=turn)
         folding = folding_fraction(jacobian_determinant(transform))
         if folding <= max_folding or options.transform == "affine":
             break

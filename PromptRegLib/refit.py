@@ -28,6 +28,7 @@ from .fit import FitOptions, fit_without_folding
 from .imageio import Image, read_image
 from .outputs import staged_output, write_transform_outputs
 from .presets import apply_preset
+from .prompting.orientation import found_turn
 from .prompting.pairs import PairOptions
 
 USER_REJECTED = "rejected by the user"
@@ -197,7 +198,7 @@ def refit_from_outputs(pairs_from: str | os.PathLike, output_dir: str | os.PathL
         progress("fitting transform", 0.1)
     transform, folding, options_used = fit_without_folding(
         fixed_image, moving_image, [fixed_masks[n] for n in names], [moving_masks[n] for n in names], weights,
-        fit_options, cancel, features=features)
+        fit_options, cancel, features=features, turn=found_turn(report, fixed_image.dimension))
     if progress:
         progress("writing outputs", 0.9)
     with staged_output(output_dir, [fixed_image.source, moving_image.source]) as staging:

@@ -14,6 +14,8 @@ from .imageio import (Image, check_memory, lps_to_ras, ras_to_lps, read_image, r
 from .models import load_model
 from .models.cache import EmbeddingCache
 from .presets import apply_preset
+from .dense import feature_pair
+from .prompting.orientation import found_turn, orientation_prior
 from .prompting.pairs import PairOptions, ROIPair, find_pairs, initial_prior
 from .views import SliceOptions, View, make_views
 from .views.grid import AXIS_NAMES
@@ -128,7 +130,11 @@ def register(fixed: Image | str | Path, moving: Image | str | Path, prompts_ras=
     timings["load"] = time.perf_counter() - started
 
     mark = time.perf_counter()
-    prior = initial_prior(fixed_view, moving_view)
+    prior, features, orientation = initial_prior(fixed_view, moving_view), None, {"searched": False}
+    if fit_options.feature_weight > 0 and not pairs_only:  # the refinement's features, read once, also orient
+        report("encoding for dense refinement", 0.03)
+        features = feature_pair(fixed_view, moving_view)
+        prior, orientation = orientation_prior(fixed_view, moving_view, prior, features)
     pair_progress = lambda stage, f: report(stage, 0.05 + 0.75 * f)  # noqa: E731
     pairs = find_pairs(fixed_view, moving_view, points_lps, boxes_lps, prior, pair_options, pair_progress, cancel,
                        user_pairs_lps)
@@ -148,12 +154,13 @@ def register(fixed: Image | str | Path, moving: Image | str | Path, prompts_ras=
                      "native_3d": bool(getattr(segmenter, "native_3d", False)),
                      "encoded": {"fixed": fixed_view.encoded, "moving": moving_view.encoded},
                      "intensity_window": {"fixed": fixed_view.window, "moving": moving_view.window},
+                     "orientation": orientation,
                      "embedding_cache": {"hits": segmenter.cache.hits - hits,
                                          "misses": segmenter.cache.misses - misses},
                      "timings_s": timings}
     if pairs_only:
         return result
-    refit_transform(result, fit_options, progress=report, cancel=cancel)
+    refit_transform(result, fit_options, progress=report, cancel=cancel, features=features)
     timings["total"] = time.perf_counter() - started
     return result
 
@@ -165,8 +172,10 @@ def _describe(view: View) -> dict:
 
 
 def refit_transform(result: RegistrationResult, fit_options: FitOptions | None = None, progress=None,
-                    cancel=None, max_folding: float = 0.001, max_stiffening: int = 2) -> RegistrationResult:
-    """(Re)fit the transform from the currently accepted pairs — no re-encoding (e.g. after rejecting a pair)."""
+                    cancel=None, max_folding: float = 0.001, max_stiffening: int = 2,
+                    features=None) -> RegistrationResult:
+    """(Re)fit the transform from the currently accepted pairs — no re-encoding (e.g. after rejecting a pair).
+    ``features``: the two views' :class:`~PromptRegLib.dense.FeaturePair` when already read."""
     fit_options = fit_options or FitOptions()
     accepted = result.accepted_pairs
     if not accepted:
@@ -179,17 +188,16 @@ def refit_transform(result: RegistrationResult, fit_options: FitOptions | None =
     weights = np.array([p.quality["iou_x"] * p.quality["iou_y"] for p in accepted])
     fixed_masks = [result.fixed_view.mask_image(p.roi_x.mask) for p in accepted]
     moving_masks = [result.moving_view.mask_image(p.roi_y.mask) for p in accepted]
-    features = None
-    if fit_options.feature_weight > 0:
+    if fit_options.feature_weight > 0 and features is None:
         if progress:
             progress("encoding for dense refinement", 0.8)
-        from .dense import feature_pair
         features = feature_pair(result.fixed_view, result.moving_view)
         result.report["encoded"] = {"fixed": result.fixed_view.encoded, "moving": result.moving_view.encoded}
     result.report["dense_refinement"] = "features" if features is not None else "off"
     transform, folding, options = fit_without_folding(result.fixed_image, result.moving_image, fixed_masks,
                                                       moving_masks, weights, replace(fit_options), cancel,
-                                                      max_folding, max_stiffening, features)
+                                                      max_folding, max_stiffening, features,
+                                                      found_turn(result.report, result.fixed_image.dimension))
     result.transform = transform
     result.report.setdefault("timings_s", {})["fit"] = time.perf_counter() - mark
     result.report["fit"] = transform.report

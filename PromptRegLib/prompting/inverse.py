@@ -106,6 +106,15 @@ def _exclusion_voxels(target: View, half_extent_mm: np.ndarray) -> np.ndarray:
                      *np.maximum(1.0, half_extent_mm[1:] / spacing[1:])])
 
 
+def expected_half_extent(fixed: View, moving: View, half_extent_mm: np.ndarray, prior: AffinePrior) -> np.ndarray:
+    """A region's half extent along the fixed view's (K, R, C) as the prior expects it along the moving view's:
+    a quarter turn swaps rows and columns, so a prompt sized like ROI X is turned with it."""
+    dimension = fixed.image.dimension
+    along = np.abs(moving.grid.direction.T @ prior.matrix @ fixed.grid.direction)  # ITK index axes, |turn|
+    turned = along @ np.asarray(half_extent_mm, dtype=float)[::-1][:dimension]
+    return turned[::-1] if dimension == 3 else np.array([0.0, turned[1], turned[0]])
+
+
 def cycle_check(source: View, roi_x: ROI, target: View, roi_y: ROI, prior: AffinePrior,
                 options: InverseOptions) -> tuple[bool, float]:
     """Invert ROI Y back into the fixed view: does the best (prior-weighted) peak land on (a grown) ROI X?"""
@@ -124,7 +133,7 @@ def inverse_prompt(fixed: View, moving: View, roi_x: ROI, prior: AffinePrior,
     p_x = fixed.prototype(roi_x.mask)
     expected = prior.forward(fixed.centroid_lps(roi_x.mask))[0]
     score, weighted, window = contrast_search(fixed, roi_x.mask, moving, expected, options)
-    half_extent = fixed.half_extent_mm(roi_x.mask)
+    half_extent = expected_half_extent(fixed, moving, fixed.half_extent_mm(roi_x.mask), prior)
     peaks = separate_peaks(weighted, options.candidates, _exclusion_voxels(moving, half_extent))
     quality = {"iou_x": roi_x.iou, "candidates": len(peaks)}
     if not peaks:

@@ -149,7 +149,7 @@ def find_pairs(fixed: View, moving: View, points_lps: list[np.ndarray], boxes_lp
     pairs = [given_pair(fixed, moving, roi_x, x, np.asarray(y, dtype=float), f"Pair {index + 1}")
              for index, (roi_x, x, (_, y)) in enumerate(zip(rois, given_x, user_pairs_lps))]
     if any(p.accepted for p in pairs):
-        prior = update_prior(fixed, moving, [p for p in pairs if p.accepted])
+        prior = update_prior(fixed, moving, [p for p in pairs if p.accepted], prior)
     user_rois = rois[len(given_x):]
     user_prompts = list(points_lps) + [np.asarray(b).reshape(2, -1).mean(0) for b in boxes_lps]
     for index, (roi_x, prompt) in enumerate(zip(user_rois, user_prompts)):
@@ -158,7 +158,7 @@ def find_pairs(fixed: View, moving: View, points_lps: list[np.ndarray], boxes_lp
 
     accepted = [p for p in pairs if p.accepted]
     if accepted:  # the user's pairs tell where to look for the sampled ones
-        prior = update_prior(fixed, moving, accepted)
+        prior = update_prior(fixed, moving, accepted, prior)
     if auto_pairs > 0:
         held = np.zeros(fixed.shape, dtype=bool)
         for pair in pairs:
@@ -186,15 +186,18 @@ def given_pair(fixed: View, moving: View, roi_x: ROI, prompt_x_lps: np.ndarray, 
     return pair
 
 
-def update_prior(fixed: View, moving: View, pairs: list[ROIPair]) -> AffinePrior:
-    """Affine prior from the centroids of accepted pairs (ridge-regularised towards a translation)."""
+def update_prior(fixed: View, moving: View, pairs: list[ROIPair], prior: AffinePrior | None = None) -> AffinePrior:
+    """Affine prior from the centroids of accepted pairs, ridge-regularised towards ``prior``'s matrix (a turn found
+    by :mod:`.orientation`, else the identity): one pair moves it, several may bend it."""
     from ..fit import closed_form_affine
 
+    matrix = prior.matrix if prior is not None else np.eye(fixed.image.dimension)
     fixed_centroids = np.array([fixed.centroid_lps(p.roi_x.mask) for p in pairs])
     moving_centroids = np.array([moving.centroid_lps(p.roi_y.mask) for p in pairs])
     if len(pairs) == 1:  # one pair fixes a shift, nothing more
-        return AffinePrior(np.eye(fixed.image.dimension), moving_centroids[0] - fixed_centroids[0])
-    matrix, offset = closed_form_affine(fixed_centroids, moving_centroids, np.ones(len(pairs)), ridge=1.0)
+        return AffinePrior(matrix, moving_centroids[0] - matrix @ fixed_centroids[0])
+    matrix, offset = closed_form_affine(fixed_centroids, moving_centroids, np.ones(len(pairs)), ridge=1.0,
+                                        reference=matrix)
     return AffinePrior(matrix, offset)
 
 

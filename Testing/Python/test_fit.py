@@ -79,7 +79,8 @@ def test_a_folding_field_is_stiffened_then_falls_back_to_affine(monkeypatch):
     from PromptRegLib import fit
 
     tried = []
-    monkeypatch.setattr(fit, "fit_transform", lambda *args, cancel=None, features=None: tried.append(args[5]) or args[5])
+    monkeypatch.setattr(fit, "fit_transform",
+                        lambda *args, cancel=None, features=None, turn=None: tried.append(args[5]) or args[5])
     monkeypatch.setattr(fit, "jacobian_determinant", lambda transform: transform)
     monkeypatch.setattr(fit, "folding_fraction", lambda options: 0.2 if options.transform == "deformable" else 0.0)
     _, folding, used = fit.fit_without_folding(None, None, [], [], [], FitOptions(bending_weight=10.0))
@@ -107,3 +108,30 @@ def test_a_large_rotation_the_pairs_do_not_demand_is_refused():
     assert rotation_demanded(centroids, centroids @ rotation.T, np.ones(4), rotation, np.zeros(3))
     assert not rotation_demanded(centroids, centroids + 2.0, np.ones(4), rotation, np.zeros(3))
     assert not rotation_demanded(centroids[:2], centroids[:2] @ rotation.T, np.ones(2), rotation, np.zeros(3))
+
+
+def test_a_patient_turned_on_their_side_is_fitted_from_the_pairs_centres_or_the_found_turn():
+    """Prompt-based initialisation (issue N): regions turned 90° about S. Four pairs' centres demand the turn; three
+    cannot (three points always lie in one plane, and turning it over swaps mirror-image neighbours), but start from a
+    turn found before prompting; the boxes are compared along the turned axes and the affine fit keeps the turn."""
+    from PromptRegLib.fit import initial_affine
+
+    image = grid_image()
+    centre = image.physical_center()
+    turn = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])  # 90° about the third (S) axis
+    regions = [((24.0, 0.0, -12.0), (18.0, 10.0, 12.0)), ((-22.0, 16.0, 6.0), (12.0, 20.0, 10.0)),
+               ((0.0, -20.0, 14.0), (14.0, 14.0, 9.0)), ((-20.0, -18.0, -14.0), (8.0, 8.0, 8.0))]
+    fixed_masks = [image.with_array(ellipsoid(image, centre + np.array(offset), radii).astype(np.float32))
+                   for offset, radii in regions]
+    moving_masks = [image.with_array(ellipsoid(image, centre + turn @ np.array(offset),
+                                               np.array(radii)[[1, 0, 2]]).astype(np.float32))
+                    for offset, radii in regions]
+    matrix, offset, how = initial_affine(fixed_masks, moving_masks, np.ones(4))
+    assert how == "affine (turned by the pairs' centres)" and np.abs(matrix - turn).max() < 0.05, (how, matrix)
+    np.testing.assert_allclose(matrix @ centre + offset, centre, atol=1.5)
+    assert initial_affine(fixed_masks[:3], moving_masks[:3], np.ones(3))[2].startswith("shift")
+    matrix, _, how = initial_affine(fixed_masks[:3], moving_masks[:3], np.ones(3), turn=turn)
+    assert how == "affine (turned as the features agree)" and np.abs(matrix - turn).max() < 0.05, (how, matrix)
+    fitted = fit_transform(image, image, fixed_masks[:3], moving_masks[:3], options=FitOptions(transform="affine"),
+                           turn=turn)
+    assert np.abs(fitted.affine_matrix - turn).max() < 0.05, fitted.affine_matrix
