@@ -26,16 +26,14 @@ def _logic_module():
     return _import_module_without_qt()
 
 
-def _segment_arrays(segmentation_node, reference_node) -> dict[str, np.ndarray]:
-    import slicer
+def _segment_arrays(path: Path) -> dict[str, np.ndarray]:
+    """The segments of a result's ``.seg.nrrd`` (the file the scene's segmentation node was loaded from), numpy
+    order (slicer-core has no Segmentations module logic to export a node's labelmaps)."""
+    import slicerio
 
-    segmentation = segmentation_node.GetSegmentation()
-    arrays = {}
-    for index in range(segmentation.GetNumberOfSegments()):
-        segment_id = segmentation.GetNthSegmentID(index)
-        arrays[segmentation.GetSegment(segment_id).GetName()] = slicer.util.arrayFromSegmentBinaryLabelmap(
-            segmentation_node, segment_id, reference_node).squeeze()
-    return arrays
+    segmentation = slicerio.read_segmentation(str(path))
+    return {segment["name"]: np.transpose(slicerio.segment_mask(segmentation, segment["name"])).squeeze()
+            for segment in segmentation["segments"]}
 
 
 def _points_ij(markups, volume) -> list[tuple[str, float, float]]:
@@ -53,13 +51,13 @@ def _points_ij(markups, volume) -> list[tuple[str, float, float]]:
     return points
 
 
-def snapshot(nodes, parameters, report) -> dict:
+def snapshot(nodes, parameters, report, folder: Path) -> dict:
     import slicer
 
     return {"moving": slicer.util.arrayFromVolume(parameters.movingVolume).squeeze(),
             "fixed": slicer.util.arrayFromVolume(parameters.fixedVolume).squeeze(),
-            "rois_x": _segment_arrays(nodes["fixed_segmentation"], parameters.fixedVolume),
-            "rois_y": _segment_arrays(nodes["moving_segmentation"], parameters.movingVolume),
+            "rois_x": _segment_arrays(folder / "fixed_rois.seg.nrrd"),
+            "rois_y": _segment_arrays(folder / "moving_rois.seg.nrrd"),
             "prompt_x": _points_ij(parameters.promptX, parameters.fixedVolume),
             "prompt_y": _points_ij(nodes["prompt_y"], parameters.movingVolume),
             "pairs": report["pairs"], "report": report}
@@ -91,7 +89,7 @@ def draw(before: dict, after: dict, dragged: str, status: str, seconds: float, p
     rows = [["Pair", "Used", "Dice reg.", "IoU X/Y", "Reason"]]
     for pair in after["pairs"]:
         dice = pair.get("dice_registered")
-        rows.append([pair["name"] + (" (corrected)" if pair.get("corrected") else ""), "yes" if pair["accepted"] else
+        rows.append([pair["name"] + (" *" if pair.get("corrected") else ""), "yes" if pair["accepted"] else
                      "no", "" if dice is None else f"{dice:.2f}", f"{pair['iou_x']:.2f}/{pair['iou_y']:.2f}",
                      (pair["rejected_because"] or "")[:28]])
     axes[3].axis("off")
@@ -99,7 +97,7 @@ def draw(before: dict, after: dict, dragged: str, status: str, seconds: float, p
     table.auto_set_font_size(False)
     table.set_fontsize(8)
     table.scale(1.0, 1.6)
-    axes[3].set_title("pairs table after the correction", fontsize=10)
+    axes[3].set_title("pairs table after the correction (* corrected)", fontsize=10)
     axes[3].text(0.0, 0.08, f"status: {status}\ncorrection (worker refit, ROI Y re-segmented): {seconds:.1f} s\n"
                  "Undo restores the previous pairs and transform exactly.", fontsize=8, transform=axes[3].transAxes,
                  wrap=True)
@@ -139,7 +137,7 @@ def main() -> None:
         if run.error:
             raise SystemExit(run.error)
         nodes = logic.loadResults(run, parameters)
-        before = snapshot(nodes, parameters, nodes["report"])
+        before = snapshot(nodes, parameters, nodes["report"], Path(run.result["output_dir"]))
         # the user drags the Prompt Y of a dropped pair (else the last one) onto the same structure in the moving
         # slice: where the structure lies in the fixed slice, 30 mm away (the same place, as they see it)
         dropped = [p for p in before["pairs"] if not p["accepted"]]
@@ -155,7 +153,7 @@ def main() -> None:
         if correction.error:
             raise SystemExit(correction.error)
         nodes = logic.loadResults(correction, parameters)
-        after = snapshot(nodes, parameters, nodes["report"])
+        after = snapshot(nodes, parameters, nodes["report"], Path(correction.result["output_dir"]))
         status = "Refitted on CPU: " + PromptReg.PromptRegLogic.summary(nodes["report"])
         draw(before, after, target, status, seconds, Path(args.output))
         logic.undo(parameters)
