@@ -381,7 +381,8 @@ def correction_seconds(result) -> float | None:
     dragged = pair.prompt_y_lps + np.eye(len(pair.prompt_y_lps))[0] * -CORRECTION_DRAG_MM  # +R is −L
     pair.roi_y = prompt_pair(result.fixed_view, result.moving_view, pair.roi_x, dragged).roi_y
     pair.prompt_y_lps = dragged
-    refit_transform(result, FitOptions(**result.report["fit_options"]))  # the run's own fit options
+    # the run's own fit options, started from its transform (as the worker's correction refit does)
+    refit_transform(result, FitOptions(**result.report["fit_options"]), start=result.transform)
     return time.perf_counter() - started
 
 

@@ -96,6 +96,26 @@ class FittedTransform:
         field_image, _ = self.control_grid()
         return sitk.DisplacementFieldTransform(field_image)
 
+    @classmethod
+    def read(cls, affine_path, transform_path, fixed: Image) -> "FittedTransform":
+        """A fit written as ``affine.tfm`` and ``transform.h5`` (:meth:`affine_sitk`, :meth:`to_sitk`) on ``fixed``."""
+        affine = sitk.AffineTransform(sitk.ReadTransform(str(affine_path)))
+        dimension = affine.GetDimension()
+        matrix = np.array(affine.GetMatrix()).reshape(dimension, dimension)
+        centre = np.array(affine.GetCenter())
+        offset = np.array(affine.GetTranslation()) + centre - matrix @ centre
+        whole = sitk.ReadTransform(str(transform_path))
+        if whole.GetName() != "DisplacementFieldTransform":
+            return cls(matrix, offset, None, fixed)
+        field = sitk.DisplacementFieldTransform(whole).GetDisplacementField()
+        values = sitk.GetArrayFromImage(field)[(slice(1, -1),) * dimension]  # the control points inside the padding
+        index = np.stack(np.meshgrid(*[np.arange(1, n - 1) for n in field.GetSize()[::-1]], indexing="ij"),
+                         axis=-1)[..., ::-1].reshape(-1, dimension)
+        points = np.array([field.TransformContinuousIndexToPhysicalPoint(i.astype(float).tolist()) for i in index])
+        control = values.reshape(-1, dimension) - (points @ matrix.T + offset - points)
+        return cls(matrix, offset, torch.as_tensor(control.reshape(*values.shape[:-1], dimension),
+                                                   dtype=torch.float32).movedim(-1, 0), fixed)
+
     def affine_sitk(self) -> sitk.AffineTransform:
         dimension = len(self.affine_offset)
         transform = sitk.AffineTransform(dimension)
@@ -306,7 +326,8 @@ def _optimise(parameters, closure, options: FitOptions, cancel) -> tuple[int, fl
 
 
 def initial_affine(fixed_masks: list[Image], moving_masks: list[Image], weights: np.ndarray,
-                   max_rotation_deg: float = 30.0, turn: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, str]:
+                   max_rotation_deg: float = 30.0,
+                   turn: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, str]:
     """Closed-form affine from physical centroids and box corners, and how it was settled.
 
     One pair gives a shift. The pairs' centres first give a rotation (:func:`rigid_from_centroids`), kept when it
@@ -341,18 +362,23 @@ def initial_affine(fixed_masks: list[Image], moving_masks: list[Image], weights:
 def fit_transform(fixed: Image, moving: Image, fixed_masks: list[np.ndarray | Image],
                   moving_masks: list[np.ndarray | Image], weights: np.ndarray | None = None,
                   options: FitOptions | None = None, cancel=None, features=None,
-                  turn: np.ndarray | None = None) -> FittedTransform:
+                  turn: np.ndarray | None = None, start: FittedTransform | None = None) -> FittedTransform:
     """Fit the transform mapping fixed points to moving points so each moving ROI lands on its fixed ROI.
 
     ``fixed`` gives the domain the transform is defined on (the fixed image's grid); masks are Images with their
     own geometry, or numpy masks on ``fixed``'s / ``moving``'s grid. ``features`` (a
     :class:`~PromptRegLib.dense.FeaturePair`) adds the dense feature term, weighted by ``options.feature_weight``;
-    ``turn`` starts the affine from a rotation found before prompting (see :func:`initial_affine`)."""
+    ``turn`` starts the affine from a rotation found before prompting (see :func:`initial_affine`); ``start`` (the
+    transform being corrected, one pair changed) starts the affine there and the finest control level from its
+    field, skipping the coarse levels."""
     options = options or FitOptions()
     weights = np.ones(len(fixed_masks)) if weights is None else np.asarray(weights, dtype=float)
     fixed_masks = [as_mask_image(m, fixed) for m in fixed_masks]
     moving_masks = [as_mask_image(m, moving) for m in moving_masks]
-    matrix, offset, how = initial_affine(fixed_masks, moving_masks, weights, options.max_rotation_deg, turn)
+    if start is not None:
+        matrix, offset, how = start.affine_matrix, start.affine_offset, "warm start (the transform being corrected)"
+    else:
+        matrix, offset, how = initial_affine(fixed_masks, moving_masks, weights, options.max_rotation_deg, turn)
     initial_matrix, initial_offset = matrix, offset
 
     reference = working_reference(fixed, options.working_voxels)
@@ -403,7 +429,10 @@ def fit_transform(fixed: Image, moving: Image, fixed_masks: list[np.ndarray | Im
         reference_spacing = reference.spacing[::-1]
         extent_mm = (np.array(shape) - 1) * reference_spacing
         report["deformable_iterations"] = []
-        for spacing_mm in options.control_spacing_mm:
+        levels = options.control_spacing_mm
+        if start is not None and start.control_displacement is not None:
+            control, levels = start.control_displacement, levels[-1:]
+        for spacing_mm in levels:
             grid = tuple(int(max(2, np.ceil(e / spacing_mm) + 1)) for e in extent_mm)
             initial = (F.interpolate(control[None], size=grid, mode="bilinear" if len(grid) == 2 else "trilinear",
                                      align_corners=True)[0] if control is not None
@@ -426,13 +455,14 @@ def fit_transform(fixed: Image, moving: Image, fixed_masks: list[np.ndarray | Im
 
 
 def fit_without_folding(fixed: Image, moving: Image, fixed_masks, moving_masks, weights, options: FitOptions,
-                        cancel=None, max_folding: float = 0.001, max_stiffening: int = 2, features=None, turn=None):
+                        cancel=None, max_folding: float = 0.001, max_stiffening: int = 2, features=None, turn=None,
+                        start=None):
     """:func:`fit_transform`, stiffened ×10 while the field folds more than ``max_folding`` and at last affine: a
     folding field explains disagreeing ROIs, not anatomy. Returns the transform, its folding fraction and the
     options that produced it."""
     for attempt in range(max_stiffening + 1):
         transform = fit_transform(fixed, moving, fixed_masks, moving_masks, weights, options, cancel=cancel,
-                                  features=features, turn=turn)
+                                  features=features, turn=turn, start=start)
         folding = folding_fraction(jacobian_determinant(transform))
         if folding <= max_folding or options.transform == "affine":
             break

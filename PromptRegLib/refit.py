@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import CheckpointError, InputImageError, RegistrationError
-from .fit import FitOptions, fit_without_folding
+from .fit import FitOptions, FittedTransform, fit_without_folding
 from .imageio import Image, read_image
 from .outputs import staged_output, write_transform_outputs
 from .presets import apply_preset
@@ -196,9 +196,12 @@ def refit_from_outputs(pairs_from: str | os.PathLike, output_dir: str | os.PathL
     features, dense = refit_features(report, fit_options, views)
     if progress:
         progress("fitting transform", 0.1)
+    # a correction changes one pair's ROI Y: start from the transform being corrected (a rejection may change more)
+    start = FittedTransform.read(previous / "affine.tfm", previous / "transform.h5", fixed_image) \
+        if prompt_y_ras and (previous / "transform.h5").exists() else None
     transform, folding, options_used = fit_without_folding(
         fixed_image, moving_image, [fixed_masks[n] for n in names], [moving_masks[n] for n in names], weights,
-        fit_options, cancel, features=features, turn=found_turn(report, fixed_image.dimension))
+        fit_options, cancel, features=features, turn=found_turn(report, fixed_image.dimension), start=start)
     if progress:
         progress("writing outputs", 0.9)
     with staged_output(output_dir, [fixed_image.source, moving_image.source]) as staging:

@@ -173,9 +173,10 @@ def _describe(view: View) -> dict:
 
 def refit_transform(result: RegistrationResult, fit_options: FitOptions | None = None, progress=None,
                     cancel=None, max_folding: float = 0.001, max_stiffening: int = 2,
-                    features=None) -> RegistrationResult:
+                    features=None, start: FittedTransform | None = None) -> RegistrationResult:
     """(Re)fit the transform from the currently accepted pairs — no re-encoding (e.g. after rejecting a pair).
-    ``features``: the two views' :class:`~PromptRegLib.dense.FeaturePair` when already read."""
+    ``features``: the two views' :class:`~PromptRegLib.dense.FeaturePair` when already read; ``start``: the
+    transform being corrected, to start from (see :func:`~PromptRegLib.fit.fit_transform`)."""
     fit_options = fit_options or FitOptions()
     accepted = result.accepted_pairs
     if not accepted:
@@ -197,7 +198,7 @@ def refit_transform(result: RegistrationResult, fit_options: FitOptions | None =
     transform, folding, options = fit_without_folding(result.fixed_image, result.moving_image, fixed_masks,
                                                       moving_masks, weights, replace(fit_options), cancel,
                                                       max_folding, max_stiffening, features,
-                                                      found_turn(result.report, result.fixed_image.dimension))
+                                                      found_turn(result.report, result.fixed_image.dimension), start)
     result.transform = transform
     result.report.setdefault("timings_s", {})["fit"] = time.perf_counter() - mark
     result.report["fit"] = transform.report

@@ -39,7 +39,8 @@ def test_segment_writes_a_slicer_segmentation(fixed_2d, tmp_path, cache_dir, cap
     (["register", "{fixed}", "{fixed}", "--prompt-px", "900,10"], 4, "outside"),
     (["register", "{fixed}", "{fixed}", "--prompt-px", "10,10,3"], 4, "needs 2 values"),
     (["register", "{fixed}", "{fixed}", "--pair", "1,2"], 4, "a pair is Prompt X on the fixed image"),
-    (["register", "{fixed}", "{fixed}", f"--pair={LUNG_2D}:5000,5000"], 4, "Prompt Y at RAS (5000.0, 5000.0) mm lies outside"),
+    (["register", "{fixed}", "{fixed}", f"--pair={LUNG_2D}:5000,5000"], 4,
+     "Prompt Y at RAS (5000.0, 5000.0) mm lies outside"),
 ])
 def test_bad_input_is_one_line_with_its_exit_code(arguments, code, message, fixed_2d, data_dir, tmp_path, capsys,
                                                   cache_dir):

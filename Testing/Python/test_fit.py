@@ -80,7 +80,8 @@ def test_a_folding_field_is_stiffened_then_falls_back_to_affine(monkeypatch):
 
     tried = []
     monkeypatch.setattr(fit, "fit_transform",
-                        lambda *args, cancel=None, features=None, turn=None: tried.append(args[5]) or args[5])
+                        lambda *args, cancel=None, features=None, turn=None, start=None:
+                        tried.append(args[5]) or args[5])
     monkeypatch.setattr(fit, "jacobian_determinant", lambda transform: transform)
     monkeypatch.setattr(fit, "folding_fraction", lambda options: 0.2 if options.transform == "deformable" else 0.0)
     _, folding, used = fit.fit_without_folding(None, None, [], [], [], FitOptions(bending_weight=10.0))
@@ -135,3 +136,20 @@ def test_a_patient_turned_on_their_side_is_fitted_from_the_pairs_centres_or_the_
     fitted = fit_transform(image, image, fixed_masks[:3], moving_masks[:3], options=FitOptions(transform="affine"),
                            turn=turn)
     assert np.abs(fitted.affine_matrix - turn).max() < 0.05, fitted.affine_matrix
+
+
+def test_a_correction_starts_from_the_transform_it_corrects():
+    """One pair changed: the affine starts at the corrected transform's and only the finest control level runs,
+    from its field (a warm start, issue N's correction latency)."""
+    fixed = grid_image()
+    centre = fixed.physical_center()
+    shift = np.array([4.0, -3.0, 2.0])
+    blobs = [(np.array([20.0, 0.0, 0.0]), (14, 10, 10)), (np.array([-20.0, 8.0, 0.0]), (10, 14, 10))]
+    fixed_masks = [ellipsoid(fixed, centre + c, r) for c, r in blobs]
+    moving_masks = [ellipsoid(fixed, centre + c + shift, r) for c, r in blobs]
+    options = FitOptions(working_voxels=20_000, max_iterations=100)
+    first = fit_transform(fixed, fixed, fixed_masks, moving_masks, options=options)
+    again = fit_transform(fixed, fixed, fixed_masks, moving_masks, options=options, start=first)
+    assert again.report["initial_affine"].startswith("warm start")
+    assert len(again.report["deformable_iterations"]) == 1 < len(first.report["deformable_iterations"])
+    assert min(again.report["dice_deformable"]) >= min(first.report["dice_deformable"]) - 0.02

@@ -172,7 +172,8 @@ def test_refit_updates_the_transform_and_reuses_every_output_node(flow):
         assert second["nodes"][role] is first["nodes"][role], role
     assert second["node_count"] == first["node_count"]  # the grid transform node was replaced, not added to
     assert second["parent"] is second["nodes"]["transform"] is second["output_transform"]
-    changes = [np.linalg.norm(np.subtract(now, before)) for now, before in zip(second["moved"], first["moved"].values())]
+    changes = [np.linalg.norm(np.subtract(now, before))
+               for now, before in zip(second["moved"], first["moved"].values())]
     assert max(changes) > 0.5, changes
 
 

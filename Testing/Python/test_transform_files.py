@@ -53,3 +53,7 @@ def test_written_transforms_move_points_like_the_fitted_one(tmp_path_factory, sp
         np.testing.assert_allclose(field.TransformPoint(point.tolist()), point + displacement[k, j, i], atol=1e-4)
         np.testing.assert_allclose(affine.TransformPoint(point.tolist()), matrix @ point + np.asarray(offset),
                                    atol=1e-6)
+    read = FittedTransform.read(folder / "affine.tfm", folder / "transform.h5", fixed)  # a correction's start
+    np.testing.assert_allclose(read.affine_matrix, matrix, atol=1e-9)
+    np.testing.assert_allclose(read.affine_offset, offset, atol=1e-6)
+    np.testing.assert_allclose(read.control_displacement.numpy(), control.numpy(), atol=1e-3)
