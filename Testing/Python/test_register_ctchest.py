@@ -65,9 +65,10 @@ def test_3d_outputs_are_complete_paired_and_inputs_untouched(registered_3d):
 
 
 def test_known_pairs_from_the_cli_register_as_well_as_inverse_prompting(registered_3d, tmp_path):
-    """``--pair X:Y`` with Prompt Y where the true transform puts each click: the same result as the search finds
-    (measured: TRE 2.656 mm with the true Prompt Y, 2.653 mm with inverse prompting — the search already finds these
-    regions; what is left is the fit's)."""
+    """``--pair X:Y`` with Prompt Y where the true transform puts each click registers as well as the search. Compared
+    on the affine stage (the same code and options in both runs; the deformable stage adds 40 s of fit to the suite):
+    measured deformable, TRE 2.656 mm with the true Prompt Y against 2.653 mm with inverse prompting — the search
+    already finds these regions; what is left is the fit's."""
     from PromptRegLib.cli import main
     from PromptRegLib.imageio import lps_to_ras, ras_to_lps
 
@@ -78,11 +79,11 @@ def test_known_pairs_from_the_cli_register_as_well_as_inverse_prompting(register
         y = lps_to_ras(np.array(truth.TransformPoint(ras_to_lps(np.asarray(click, dtype=float)).tolist())))
         pairs.append(f"--pair={','.join(map(str, click))}:{','.join(f'{v:.3f}' for v in y)}")
     assert main(["register", case.path(case.fixed), case.path(case.moving), *pairs, "-o", str(tmp_path / "pairs"),
-                 "--quiet"]) == 0
+                 "--transform", "affine", "--quiet"]) == 0
     report = json.loads((tmp_path / "pairs" / "report.json").read_text())
     assert [p["source"] for p in report["pairs"]] == ["user pair"] * 3 and all(p["accepted"] for p in report["pairs"])
-    with_pairs = score(case, sitk.ReadTransform(str(tmp_path / "pairs" / "transform.h5")))["tre_mm"]
-    searched = score(case, sitk.ReadTransform(str(output / "transform.h5")))["tre_mm"]
+    with_pairs = score(case, sitk.ReadTransform(str(tmp_path / "pairs" / "affine.tfm")))["tre_mm"]
+    searched = score(case, sitk.ReadTransform(str(output / "affine.tfm")))["tre_mm"]
     assert with_pairs <= searched + 0.05, (with_pairs, searched)
 
 

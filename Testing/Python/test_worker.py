@@ -74,7 +74,8 @@ def test_refit_of_a_folder_without_a_report_is_a_clear_error(tmp_path):
 def test_cancel_leaves_nothing(ct_case, cache_dir):
     run = WorkerRun().start(request_2d(ct_case, auto_pairs=6, warps=2))
     deadline = time.time() + 120
-    while time.time() < deadline and not any(e["type"] == "progress" and e["fraction"] > 0.3 for e in run.poll()):
+    # cancelled once inverse prompting has begun (the model loaded, both images encoded, pairs under way)
+    while time.time() < deadline and not any(e.get("stage") == "inverse prompting" for e in run.poll()):
         time.sleep(0.2)
     run.cancel()
     assert run.join_cancel(timeout=30)
@@ -122,7 +123,7 @@ def test_sigterm_makes_the_worker_clean_up_its_staging(ct_case, cache_dir, tmp_p
     process = subprocess.Popen([sys.executable, "-m", "PromptRegLib.worker", str(tmp_path / "request.json")],
                                stdout=subprocess.PIPE, text=True)
     for line in process.stdout:
-        if json.loads(line).get("fraction", 0) > 0.3:
+        if json.loads(line).get("stage") == "inverse prompting":
             break
     process.send_signal(signal.SIGTERM)
     rest = [json.loads(line) for line in process.stdout]
