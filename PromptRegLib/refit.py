@@ -14,6 +14,7 @@ search), uses the pair (a rejected one too) and rewrites ``moving_rois.seg.nrrd`
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -175,12 +176,7 @@ def refit_from_outputs(pairs_from: str | os.PathLike, output_dir: str | os.PathL
     all_names = [p["name"] for p in report["pairs"]]
     fixed_masks = dict(zip(all_names, read_masks(previous / "fixed_rois.seg.nrrd", fixed_image, all_names)))
     moving_masks = dict(zip(all_names, read_masks(previous / "moving_rois.seg.nrrd", moving_image, all_names)))
-    views_built = []
-
-    def views():
-        if not views_built:
-            views_built.append(run_views(report, fixed_image, moving_image, cancel))
-        return views_built[0]
+    views = functools.cache(lambda: run_views(report, fixed_image, moving_image, cancel))  # built on first use
 
     if prompt_y_ras and progress:
         progress("segmenting ROI Y at the corrected Prompt Y", 0.06)

@@ -11,10 +11,10 @@ from .errors import PromptError, RegistrationError
 from .fit import FitOptions, FittedTransform, fit_without_folding
 from .imageio import (Image, check_memory, lps_to_ras, ras_to_lps, read_image, require_same_dimension, tidy_direction,
                       validate_image)
+from .dense import feature_pair
 from .models import load_model
 from .models.cache import EmbeddingCache
 from .presets import apply_preset
-from .dense import feature_pair
 from .prompting.orientation import found_turn, orientation_prior
 from .prompting.pairs import PairOptions, ROIPair, find_pairs, initial_prior
 from .views import SliceOptions, View, make_views
