@@ -44,3 +44,19 @@ def apply_preset(name: str | None, dimension: int, pair_options, fit_options):
         raise PromptError(f"unknown preset {name!r}; use one of {', '.join(PRESETS)}.")
     pair_changes, fit_changes = _changes(name, dimension)
     return (_fill(pair_options, PairOptions(), pair_changes), _fill(fit_options, FitOptions(), fit_changes))
+
+
+def resolve_options(preset: str | None, fixed_image, pair_options, fit_options, slice_options=None):
+    """(PairOptions, FitOptions, SliceOptions) a run uses: the preset's, then every length the caller left at its
+    default scaled to the fixed image's field of view where it has no physical units (:mod:`~PromptRegLib.lengths`)."""
+    from .fit import FitOptions
+    from .lengths import length_scale, scale_lengths
+    from .prompting.pairs import PairOptions
+    from .views import SliceOptions
+
+    dimension = fixed_image.dimension
+    pair_options, fit_options = apply_preset(preset, dimension, pair_options, fit_options)
+    pair_defaults, fit_defaults = apply_preset(preset, dimension, PairOptions(), FitOptions())
+    factor = length_scale(fixed_image)
+    return (scale_lengths(pair_options, pair_defaults, factor), scale_lengths(fit_options, fit_defaults, factor),
+            scale_lengths(slice_options or SliceOptions(), SliceOptions(), factor))

@@ -28,7 +28,7 @@ from .errors import CheckpointError, InputImageError, RegistrationError
 from .fit import FitOptions, FittedTransform, fit_without_folding
 from .imageio import Image, read_image
 from .outputs import staged_output, write_transform_outputs
-from .presets import apply_preset
+from .presets import resolve_options
 from .prompting.orientation import found_turn
 from .prompting.pairs import PairOptions
 
@@ -93,10 +93,12 @@ def updated_pairs(pairs: list[dict], reject_pairs) -> list[dict]:
 def run_views(report: dict, fixed_image: Image, moving_image: Image, cancel=None):
     """The views the run's model had of the two images (embeddings from the disk cache), loaded on the CPU."""
     from .models import load_model
-    from .views import make_views
+    from .views import SliceOptions, make_views
 
     model = load_model(report["model"], report.get("checkpoint"), "cpu")
-    return make_views(model, fixed_image, moving_image, None, cancel)
+    stored = report.get("slice_options")  # the run's box sizes (scaled for photographs), JSON lists as tuples
+    options = SliceOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in stored.items()}) if stored else None
+    return make_views(model, fixed_image, moving_image, options, cancel)
 
 
 def refit_features(report: dict, fit_options: FitOptions, views):
@@ -170,7 +172,7 @@ def refit_from_outputs(pairs_from: str | os.PathLike, output_dir: str | os.PathL
                                 "pair, or register again with more prompts.")
     fixed_image = read_image(fixed or report["inputs"]["fixed"])
     moving_image = read_image(moving or report["inputs"]["moving"])
-    _, fit_options = apply_preset(preset, fixed_image.dimension, PairOptions(), fit_options)
+    _, fit_options, _ = resolve_options(preset, fixed_image, PairOptions(), fit_options)
     if progress:
         progress("reading ROI pairs", 0.05)
     all_names = [p["name"] for p in report["pairs"]]

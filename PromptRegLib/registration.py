@@ -12,9 +12,10 @@ from .fit import FitOptions, FittedTransform, fit_without_folding
 from .imageio import (Image, check_memory, lps_to_ras, ras_to_lps, read_image, require_same_dimension, tidy_direction,
                       validate_image)
 from .dense import feature_pair
+from .lengths import length_scale
 from .models import load_model
 from .models.cache import EmbeddingCache
-from .presets import apply_preset
+from .presets import resolve_options
 from .prompting.orientation import found_turn, orientation_prior
 from .prompting.pairs import PairOptions, ROIPair, find_pairs, initial_prior
 from .views import SliceOptions, View, make_views
@@ -118,8 +119,8 @@ def register(fixed: Image | str | Path, moving: Image | str | Path, prompts_ras=
                  for b in boxes_ras]
     user_pairs_lps = [tuple(_pair_lps(pair, fixed_image, moving_image)) for pair in pairs_ras]
     _check_prompts(points_lps + [x for x, _ in user_pairs_lps], boxes_lps, fixed_image.dimension)
-    pair_options, fit_options = apply_preset(preset, fixed_image.dimension, pair_options or PairOptions(),
-                                             fit_options or FitOptions())
+    pair_options, fit_options, slice_options = resolve_options(preset, fixed_image, pair_options or PairOptions(),
+                                                               fit_options or FitOptions(), slice_options)
     if not points_lps and not boxes_lps and not user_pairs_lps and pair_options.auto_pairs == 0:
         raise PromptError("no prompts given and --auto-pairs is 0: give at least one --prompt or some auto pairs.")
 
@@ -145,9 +146,10 @@ def register(fixed: Image | str | Path, moving: Image | str | Path, prompts_ras=
     result = RegistrationResult(fixed_image, moving_image, fixed_view, moving_view, pairs, None)
     axis = getattr(fixed_view, "axis_lps", None)
     result.report = {"model": segmenter.name, "checkpoint": str(checkpoint) if checkpoint else None,
-                     "preset": preset or "default",
+                     "preset": preset or "default", "length_scale": length_scale(fixed_image),
                      "device": str(segmenter.device),
                      "pair_options": pair_options.as_dict(), "fit_options": asdict(fit_options),
+                     "slice_options": asdict(slice_options),
                      "working_grid": {name: _describe(view) for name, view in (("fixed", fixed_view),
                                                                                 ("moving", moving_view))},
                      "slicing_axis": AXIS_NAMES.get(axis) if fixed_image.dimension == 3 and axis is not None else None,
