@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from .errors import Cancelled
 from .imageio import Image, tidy_direction
+from .lengths import pixel_scale
 from .metrics import folding_fraction
 from .views.grid import Grid
 
@@ -325,9 +326,17 @@ def _optimise(parameters, closure, options: FitOptions, cancel) -> tuple[int, fl
     return len(history), history[-1]
 
 
+def _scaled(mask: Image, factor: float) -> Image:
+    """``mask`` with its physical geometry (origin and spacing) multiplied by ``factor`` about the LPS origin."""
+    image = sitk.Image(mask.sitk_image)
+    image.SetOrigin([float(v) * factor for v in mask.origin])
+    image.SetSpacing([float(v) * factor for v in mask.spacing])
+    return Image(image, mask.source)
+
+
 def initial_affine(fixed_masks: list[Image], moving_masks: list[Image], weights: np.ndarray,
-                   max_rotation_deg: float = 30.0,
-                   turn: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, str]:
+                   max_rotation_deg: float = 30.0, turn: np.ndarray | None = None,
+                   scale: float = 1.0) -> tuple[np.ndarray, np.ndarray, str]:
     """Closed-form affine from physical centroids and box corners, and how it was settled.
 
     One pair gives a shift. The pairs' centres first give a rotation (:func:`rigid_from_centroids`), kept when it
@@ -335,7 +344,12 @@ def initial_affine(fixed_masks: list[Image], moving_masks: list[Image], weights:
     boxes are then taken along the turned axes, so box corners still correspond. A mirror, a squash or a rotation
     beyond ``max_rotation_deg`` that the centres do not demand means inconsistent pairs: the mean shift is kept.
     ``turn``: a rotation found before prompting (:mod:`PromptRegLib.prompting.orientation`), the start when the
-    pairs are too few to fix one themselves."""
+    pairs are too few to fix one themselves. ``scale``: moving mm per fixed mm expected before any pair (photographs
+    of other pixel sizes, :func:`~PromptRegLib.lengths.pixel_scale`): the moving points are judged divided by it."""
+    if scale != 1.0:
+        matrix, offset, how = initial_affine(fixed_masks, [_scaled(m, 1.0 / scale) for m in moving_masks], weights,
+                                             max_rotation_deg, turn)
+        return scale * matrix, scale * offset, f"{how}, scaled by the pixel sizes ({scale:.3g})"
     fixed_points = [box_corner_points(m) for m in fixed_masks]
     dimension = fixed_points[0].shape[1]
     fixed_centres = np.array([f[0] for f in fixed_points])
@@ -378,7 +392,8 @@ def fit_transform(fixed: Image, moving: Image, fixed_masks: list[np.ndarray | Im
     if start is not None:
         matrix, offset, how = start.affine_matrix, start.affine_offset, "warm start (the transform being corrected)"
     else:
-        matrix, offset, how = initial_affine(fixed_masks, moving_masks, weights, options.max_rotation_deg, turn)
+        matrix, offset, how = initial_affine(fixed_masks, moving_masks, weights, options.max_rotation_deg, turn,
+                                             pixel_scale(fixed, moving))
     initial_matrix, initial_offset = matrix, offset
 
     reference = working_reference(fixed, options.working_voxels)
@@ -412,7 +427,7 @@ def fit_transform(fixed: Image, moving: Image, fixed_masks: list[np.ndarray | Im
                               options, cancel)
     matrix = (matrix_t + matrix_step / extent).detach().numpy().astype(float)
     offset = (affine(torch.zeros(1, fixed.dimension))[0]).detach().numpy().astype(float)
-    if len(fixed_masks) == 1 or not plausible_affine(matrix, max_rotation_deg=max(
+    if len(fixed_masks) == 1 or not plausible_affine(matrix / pixel_scale(fixed, moving), max_rotation_deg=max(
             options.max_rotation_deg, rotation_angle_deg(initial_matrix) + 5.0)):
         # one pair fixes no rotation or scale; Dice alone can squash space onto one pair: keep the start
         matrix, offset = initial_matrix, initial_offset

@@ -54,3 +54,12 @@ def scale_lengths(options, untouched, factor: float):
         elif f.name.endswith("_mm") and value == reference:
             changes[f.name] = _scale(value, factor)
     return replace(options, **changes)
+
+
+def pixel_scale(fixed: Image, moving: Image) -> float:
+    """Moving millimetres per fixed millimetre that the pair is expected to need when neither image has physical
+    units: their pixel grids correspond (a DPI header says nothing about the scene), so the ratio of their pixel
+    sizes (geometric mean over the axes); 1 where either image has physical units."""
+    if has_physical_units(fixed) or has_physical_units(moving):
+        return 1.0
+    return float(np.exp(np.mean(np.log(moving.spacing / fixed.spacing))))

@@ -63,7 +63,7 @@ def contrast_search(source: View, mask: np.ndarray, target: View, expected_lps: 
     is the contrast shifted to be positive times a Gaussian prior around ``expected_lps``.
     """
     prototypes = [source.prototype(mask)]
-    band = ring(mask, source.spacing_mm, options.ring_mm)
+    band = ring(mask, source.spacing_mm, options.ring_mm * source.unit_mm)
     if band.any():
         prototypes.append(source.prototype(band))
     window = target.search_window(expected_lps)
@@ -73,7 +73,7 @@ def contrast_search(source: View, mask: np.ndarray, target: View, expected_lps: 
         finite = np.isfinite(score)
         floor = score[finite].min() if finite.any() else 0.0
         distance2 = ((target.points_lps() - expected_lps.astype(np.float32)) ** 2).sum(axis=-1)
-        prior = np.exp(-distance2 / (2.0 * options.search_radius_mm ** 2))
+        prior = np.exp(-distance2 / (2.0 * (options.search_radius_mm * target.unit_mm) ** 2))
         weighted = np.where(finite, (score - floor) * prior, -np.inf)
         peak = np.unravel_index(int(np.argmax(weighted)), weighted.shape)
         if attempt == 0 and target.near_window_edge(window, peak):
@@ -121,7 +121,7 @@ def cycle_check(source: View, roi_x: ROI, target: View, roi_y: ROI, prior: Affin
     expected = prior.inverse().forward(target.centroid_lps(roi_y.mask))[0]
     _, weighted, _ = contrast_search(target, roi_y.mask, source, expected, options)
     peak = np.unravel_index(int(np.argmax(weighted)), weighted.shape)
-    grown = dilate_mm(roi_x.mask, source.spacing_mm, options.cycle_tolerance_mm)
+    grown = dilate_mm(roi_x.mask, source.spacing_mm, options.cycle_tolerance_mm * source.unit_mm)
     peak_lps = source.voxel_to_lps(np.array([peak]))[0]
     return bool(grown[peak]), float(np.linalg.norm(peak_lps - source.centroid_lps(roi_x.mask)))
 
@@ -163,9 +163,13 @@ def region_quality(fixed: View, moving: View, roi_x: ROI, roi_y: ROI) -> dict:
     if not roi_y.mask.any() or not roi_x.mask.any():
         return {**quality, "prototype_cosine": -1.0, "size_ratio": 0.0}
     quality["prototype_cosine"] = float(moving.prototype(roi_y.mask) @ fixed.prototype(roi_x.mask))
-    # largest cross-sections (mm²): unlike volumes, not cut short by a thinner slab in one image
-    quality["size_ratio"] = moving.largest_section_mm2(roi_y.mask) / max(fixed.largest_section_mm2(roi_x.mask), 1e-9)
-    quality["volume_ratio"] = moving.volume_mm3(roi_y.mask) / max(fixed.volume_mm3(roi_x.mask), 1e-9)
+    # largest cross-sections (mm²): unlike volumes, not cut short by a thinner slab in one image; both as the fixed
+    # view measures (photographs of other pixel sizes: see make_views)
+    scale = moving.unit_mm / fixed.unit_mm
+    section = moving.largest_section_mm2(roi_y.mask) / scale ** 2
+    quality["size_ratio"] = section / max(fixed.largest_section_mm2(roi_x.mask), 1e-9)
+    quality["volume_ratio"] = moving.volume_mm3(roi_y.mask) / scale ** fixed.image.dimension / max(
+        fixed.volume_mm3(roi_x.mask), 1e-9)
     return quality
 
 
@@ -173,7 +177,8 @@ def prompt_pair(fixed: View, moving: View, roi_x: ROI, prompt_y_lps: np.ndarray)
     """ROI Y from a Prompt Y the user gave for ROI X (no search, no cycle check: the user says they correspond).
 
     The prompt is sized like ROI X, as inverse prompting prompts a peak, and grown; decoder work only."""
-    seed = moving.seed_sized_at(np.asarray(prompt_y_lps, dtype=float), fixed.half_extent_mm(roi_x.mask))
+    half_extent = fixed.half_extent_mm(roi_x.mask) * moving.unit_mm / fixed.unit_mm
+    seed = moving.seed_sized_at(np.asarray(prompt_y_lps, dtype=float), half_extent)
     roi_y = moving.grow([seed])[0]
     quality = {**region_quality(fixed, moving, roi_x, roi_y), "prompt_y": "user"}
     return InverseResult(roi_y, quality)

@@ -64,11 +64,12 @@ def orientation_prior(fixed: View, moving: View, prior: AffinePrior, features) -
     dimension = fixed.image.dimension
     axis = getattr(fixed, "axis_lps", 2)
     # the turns are about the anatomies' centres: so is the unturned reference, besides the prior itself
-    centred = AffinePrior(np.eye(dimension), moving_centre - fixed_centre)
+    scale = moving.unit_mm / fixed.unit_mm  # photographs of other pixel sizes (see make_views)
+    centred = AffinePrior(scale * np.eye(dimension), moving_centre - scale * fixed_centre)
     scores = {0.0: max(agreement(prior), agreement(centred))}
     candidates = {}
     for degrees in TURNS_DEG:
-        turn = turn_matrix(dimension, axis, degrees)
+        turn = scale * turn_matrix(dimension, axis, degrees)
         candidates[degrees] = AffinePrior(turn, moving_centre - turn @ fixed_centre)
         scores[degrees] = agreement(candidates[degrees])
     best = max(scores, key=scores.get)

@@ -227,9 +227,13 @@ def update_prior(fixed: View, moving: View, pairs: list[ROIPair], prior: AffineP
 
 
 def initial_prior(fixed: View, moving: View) -> AffinePrior:
-    """Identity when the two images overlap in physical space, else a shift aligning their centres."""
+    """Identity when the two images overlap in physical space, else a shift aligning their centres; photographs of
+    other pixel sizes: their pixel grids scaled onto each other about the centres (see make_views)."""
     dimension = fixed.image.dimension
     fixed_centre, moving_centre = fixed.image.physical_center(), moving.image.physical_center()
+    scale = moving.unit_mm / fixed.unit_mm
+    if scale != 1.0:
+        return AffinePrior(scale * np.eye(dimension), moving_centre - scale * fixed_centre)
     fixed_extent = np.abs(fixed.image.direction @ (fixed.image.spacing * np.array(fixed.image.size)))
     if np.all(np.abs(moving_centre - fixed_centre) < fixed_extent / 2):
         return AffinePrior.identity(dimension)

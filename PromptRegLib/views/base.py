@@ -56,6 +56,7 @@ class View(ABC):
     grid: Grid
     intensities01: np.ndarray       # (K, R, C) float32 in [0, 1], the model's view of the image
     window: tuple[float, float]     # intensity window mapped to [0, 1]
+    unit_mm: float = 1.0            # this view's mm per fixed-view mm (photographs of other pixel sizes: make_views)
 
     # --- geometry, shared -------------------------------------------------------------------------------
     @property

@@ -74,3 +74,46 @@ def test_the_rat_kidney_slides_foreground_holds_its_landmarks_and_not_the_glass(
     corner = view.lps_to_voxel(image.index_to_lps(np.array([[5.0, 5.0]])))[0].round().astype(int)
     assert not found[tuple(corner)]  # the glass in the corner
     assert found.mean() < 0.8  # before: 0.81 of the view, glass included
+
+
+def _png(path, array: np.ndarray, spacing: float):
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((spacing, spacing))  # PNG keeps it (pHYs), as a camera's 72 dpi JPEG header would say 0.35 mm
+    sitk.WriteImage(image, str(path))
+    return read_image(path)
+
+
+def test_photographs_of_other_pixel_sizes_correspond_through_their_pixel_grids(tmp_path, model):
+    """aerial_synth: the fixed JPEG says 0.345 mm a pixel, the moving PNG 1 mm, for the same scene. Neither is a
+    physical statement: the model sees both at one scale, the search starts from pixel ↔ pixel, and a region and
+    the fit are judged as the fixed image measures them."""
+    from PromptRegLib.fit import initial_affine
+    from PromptRegLib.prompting.inverse import region_quality
+    from PromptRegLib.prompting.pairs import initial_prior
+    from PromptRegLib.views import ROI
+
+    array = _disc_image(230, 60)
+    fixed, moving = _png(tmp_path / "fixed.png", array, 0.35), _png(tmp_path / "moving.png", array, 1.0)
+    scale = 1.0 / 0.35
+    fixed_view, moving_view = make_views(model, fixed, moving)
+    assert (fixed_view.unit_mm, moving_view.unit_mm) == (1.0, pytest.approx(scale))
+    assert moving_view.spacing_mm[1] / fixed_view.spacing_mm[1] == pytest.approx(scale)
+    assert moving_view.shape == fixed_view.shape  # the same pixels, the same view
+    prior = initial_prior(fixed_view, moving_view)
+    np.testing.assert_allclose(prior.matrix, scale * np.eye(2))
+    np.testing.assert_allclose(prior.forward(fixed.physical_center())[0], moving.physical_center(), atol=1e-9)
+
+    disc = np.abs(array.astype(float) - 60) < 40
+    roi_x, roi_y = (ROI(view.from_image_mask(disc), 0.9, np.zeros(2), 0) for view in (fixed_view, moving_view))
+    quality = region_quality(fixed_view, moving_view, roi_x, roi_y)
+    assert quality["size_ratio"] == pytest.approx(1.0, abs=0.05)  # 8.2 in millimetres
+
+    blobs = [np.zeros(array.shape, dtype=bool) for _ in range(3)]
+    for blob, (row, column) in zip(blobs, [(60, 80), (220, 120), (120, 320)]):
+        blob[row - 25:row + 25, column - 30:column + 30] = True
+    fixed_masks = [fixed.with_array(b.astype(np.float32)) for b in blobs]
+    moving_masks = [moving.with_array(b.astype(np.float32)) for b in blobs]
+    matrix, offset, how = initial_affine(fixed_masks, moving_masks, np.ones(3), scale=scale)
+    np.testing.assert_allclose(matrix, scale * np.eye(2), atol=0.02 * scale)
+    assert "affine" in how
+    assert "shift" in initial_affine(fixed_masks, moving_masks, np.ones(3))[2]  # unscaled: implausible, refused
