@@ -136,6 +136,9 @@ def command_register(args) -> int:
     finally:
         progress.close()
     print(f"{len(result.accepted_pairs)} of {len(result.pairs)} ROI pairs used; outputs in {args.output}")
+    if any(pair.source == "fallback" for pair in result.pairs):
+        print("warning: no pair from your prompts passed its checks, so the transform comes from sampled (auto) "
+              "pairs; see pairs.png, and click on structures visible in both images", file=sys.stderr)
     folding = result.report.get("folding_fraction", 0.0)
     if folding > 0.01:
         print(f"warning: the transform folds {100 * folding:.1f} % of the fixed grid; check the pairs in pairs.png "

@@ -157,6 +157,7 @@ def register(fixed: Image | str | Path, moving: Image | str | Path, prompts_ras=
                      "encoded": {"fixed": fixed_view.encoded, "moving": moving_view.encoded},
                      "intensity_window": {"fixed": fixed_view.window, "moving": moving_view.window},
                      "orientation": orientation,
+                     "fallback_to_auto_pairs": any(p.source == "fallback" for p in pairs),
                      "embedding_cache": {"hits": segmenter.cache.hits - hits,
                                          "misses": segmenter.cache.misses - misses},
                      "timings_s": timings}

@@ -31,6 +31,7 @@ class PairOptions:
     size_ratio_range: tuple[float, float] = (0.75, 1.33)
     duplicate_dice: float = 0.8
     max_pairs: int = 24
+    fallback_auto_pairs: int = 8        # sampled instead when every user pair fails and none were asked for (0: never)
     seed: int = 0
     inverse: InverseOptions = field(default_factory=InverseOptions)
 
@@ -45,7 +46,7 @@ class ROIPair:
     roi_y: ROI
     prompt_x_lps: np.ndarray
     prompt_y_lps: np.ndarray
-    source: str                         # "user" or "auto"
+    source: str                         # "user", "user pair", "auto" or "fallback" (auto pairs after the user's failed)
     quality: dict
     accepted: bool = True
     rejected_because: str = ""
@@ -184,6 +185,9 @@ def find_pairs(fixed: View, moving: View, points_lps: list[np.ndarray], boxes_lp
     accepted = [p for p in pairs if p.accepted]
     if accepted:  # the user's pairs tell where to look for the sampled ones
         prior = update_prior(fixed, moving, accepted, prior)
+    source = "auto"
+    if pairs and not accepted and auto_pairs == 0 and options.fallback_auto_pairs > 0:
+        source, auto_pairs = "fallback", options.fallback_auto_pairs  # something sensible rather than nothing
     if auto_pairs > 0:
         held = np.zeros(fixed.shape, dtype=bool)
         for pair in pairs:
@@ -194,7 +198,7 @@ def find_pairs(fixed: View, moving: View, points_lps: list[np.ndarray], boxes_lp
             report("inverse prompting", (len(user_rois) + index) / max(1, len(user_rois) + auto_pairs))
             if not roi_x.mask.any() or any(dice(roi_x.mask, p.roi_x.mask) > options.duplicate_dice for p in pairs):
                 continue
-            pairs.append(make_pair(roi_x, prompt, "auto", f"Auto {index + 1}"))
+            pairs.append(make_pair(roi_x, prompt, source, f"Auto {index + 1}"))
     return deduplicate(pairs, options)
 
 
