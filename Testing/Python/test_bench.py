@@ -27,6 +27,19 @@ def test_shipped_cases_load_and_identity_scores_match_the_data_readme(cases):
     assert set(identity["dice"]) == {"right lung", "left lung", "tissue"}
 
 
+def test_every_shipped_click_lies_inside_its_fixed_image(cases):
+    """aerial_synth once shipped a click below its photograph (pixel row 520 of 480): the run failed before work."""
+    from PromptRegLib.imageio import ras_to_lps, read_image
+
+    for case in cases.values():
+        if case.derived_from:
+            continue  # its clicks are its base case's
+        image = read_image(case.path(case.fixed))
+        points = ras_to_lps(np.array(case.prompts_ras, dtype=float))[:, : image.dimension]
+        inside = image.contains_index(image.lps_to_index(points))
+        assert inside.all(), (case.name, [name for name, ok in zip(case.prompt_names, inside) if not ok])
+
+
 def test_a_new_case_is_a_json_file(data_dir, tmp_path):
     (tmp_path / "mine.json").write_text(json.dumps({
         "name": "mine", "fixed": "ctchest4/ct.nrrd", "moving": "ctchest4/pair3d_moving.nrrd",
