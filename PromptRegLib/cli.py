@@ -109,6 +109,8 @@ def _pair_and_fit_options(args):
     pair_options = PairOptions()
     if args.auto_pairs is not None:
         pair_options.auto_pairs = args.auto_pairs
+        if args.auto_pairs == 0:  # asked for none: not even in place of failed pairs
+            pair_options.fallback_auto_pairs = 0
     if args.warps is not None:
         pair_options.warps = args.warps
     fit_options = FitOptions(transform=args.transform)
@@ -229,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     register.add_argument("--pair", action="append",
                           help="a correspondence you know, R,A,S:R,A,S = Prompt X on the fixed image : Prompt Y on "
                                "the moving image (mm, repeatable); ROI Y is segmented at Prompt Y, no search")
-    register.add_argument("--auto-pairs", type=int, help="sampled prompts on top of yours (default 6 in 2D, 0 in 3D)")
+    register.add_argument("--auto-pairs", type=int, help="sampled prompts on top of yours (default 6 in 2D, 0 in 3D, "
+                                                          "8 when every pair of yours fails; 0: none, not even then)")
     register.add_argument("--warps", type=int, help="spatial perturbations per ROI (default 2 in 2D, 0 in 3D)")
     register.add_argument("--preset", choices=PRESETS,
                           help="quick: an affine from the clicks; default; accurate: denser (2D; see README) — "
