@@ -62,9 +62,10 @@ lps_to_ras = ras_to_lps
 class Image:
     """A scalar image (2D or 3D) as float32 with its geometry (origin, spacing, direction in LPS)."""
 
-    def __init__(self, sitk_image: sitk.Image, source: str = "<memory>"):
+    def __init__(self, sitk_image: sitk.Image, source: str = "<memory>", physical_units: bool | None = None):
         self.sitk_image = sitk_image
         self.source = source
+        self.physical_units = physical_units  # None: judged from the file type (see PromptRegLib.lengths)
         self._array: np.ndarray | None = None
 
     @property
@@ -129,7 +130,7 @@ class Image:
         """A new image on this grid holding ``array`` (numpy order)."""
         image = sitk.GetImageFromArray(np.ascontiguousarray(array))
         image.CopyInformation(self.sitk_image)
-        return Image(image, self.source)
+        return Image(image, self.source, self.physical_units)
 
 
 def to_scalar(image: sitk.Image, path: str) -> sitk.Image:

@@ -22,9 +22,15 @@ PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 REFERENCE_FIELD_OF_VIEW_MM = 390.0
 
 
+def is_photo_file(path) -> bool:
+    """True for a file of a photograph format (see :data:`PHOTO_SUFFIXES`)."""
+    return Path(str(path)).name.lower().endswith(PHOTO_SUFFIXES)
+
+
 def has_physical_units(image: Image) -> bool:
-    """False for an image read from a photograph format (see :data:`PHOTO_SUFFIXES`)."""
-    return not Path(image.source).name.lower().endswith(PHOTO_SUFFIXES)
+    """False for an image read from a photograph format, or marked so (``Image.physical_units``: Slicer exports a
+    photograph it loaded as NRRD, and says which file it came from)."""
+    return image.physical_units if image.physical_units is not None else not is_photo_file(image.source)
 
 
 def field_of_view_mm(image: Image) -> float:

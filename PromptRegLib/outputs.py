@@ -17,6 +17,7 @@ import SimpleITK as sitk
 
 from .errors import OutputError, PromptError
 from .imageio import Image, lps_to_ras, ras_to_lps
+from .lengths import has_physical_units
 
 #: segment colours (RGB 0–1), shared by the two ROIs of a pair
 PALETTE = [(0.90, 0.30, 0.24), (0.18, 0.55, 0.85), (0.30, 0.75, 0.35), (0.95, 0.75, 0.15), (0.60, 0.35, 0.75),
@@ -264,7 +265,8 @@ def write_registration(result, output_dir: str | os.PathLike, figure: bool = Tru
             warped, registered = write_transform_outputs(staging, fixed, moving, result.transform, fixed_masks,
                                                          moving_masks)
         report = dict(result.report)
-        report["inputs"] = {"fixed": fixed.source, "moving": moving.source}
+        report["inputs"] = {"fixed": fixed.source, "moving": moving.source,
+                            "physical_units": {"fixed": has_physical_units(fixed), "moving": has_physical_units(moving)}}
         report["pairs"] = [{"name": p.name, "source": p.source, "accepted": p.accepted,
                             "rejected_because": p.rejected_because, "prompt_x_ras": lps_to_ras(p.prompt_x_lps),
                             "prompt_y_ras": lps_to_ras(p.prompt_y_lps), "color": colors[i],

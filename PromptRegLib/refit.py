@@ -172,6 +172,8 @@ def refit_from_outputs(pairs_from: str | os.PathLike, output_dir: str | os.PathL
                                 "pair, or register again with more prompts.")
     fixed_image = read_image(fixed or report["inputs"]["fixed"])
     moving_image = read_image(moving or report["inputs"]["moving"])
+    units = report["inputs"].get("physical_units", {})  # as the run judged them (Slicer's photographs come as NRRD)
+    fixed_image.physical_units, moving_image.physical_units = units.get("fixed"), units.get("moving")
     _, fit_options, _ = resolve_options(preset, fixed_image, PairOptions(), fit_options)
     if progress:
         progress("reading ROI pairs", 0.05)

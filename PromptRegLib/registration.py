@@ -50,7 +50,7 @@ class RegistrationResult:
 def _as_image(image: Image | str | Path) -> Image:
     """Read a path; images built in memory get the same checks and direction tidying as files."""
     if isinstance(image, Image):
-        return validate_image(Image(tidy_direction(image.sitk_image), image.source))
+        return validate_image(Image(tidy_direction(image.sitk_image), image.source, image.physical_units))
     return read_image(image)
 
 

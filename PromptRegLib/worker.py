@@ -9,7 +9,8 @@ Registration request (``"request": "register"``, the default) — keys: ``fixed`
 (required); ``prompts_ras`` [[R, A, S], …], ``prompts_file`` (.mrk.json), ``boxes_ras``
 [[R1, A1, S1, R2, A2, S2], …], ``pairs_ras`` [[[R, A, S], [R, A, S]], …] (Prompt X on fixed, Prompt Y on moving),
 ``model``, ``checkpoint``, ``device``, ``preset``, ``auto_pairs``, ``warps``, ``transform``, ``bending``,
-``feature_weight``, ``pairs_only``, ``reject_pairs``.
+``feature_weight``, ``pairs_only``, ``reject_pairs``, ``original_files`` {"fixed": path, "moving": path} (the files
+Slicer loaded the exported volumes from: a photograph's has no physical units, see ``lengths``).
 
 Refit request (``"request": "refit"``) — keys: ``pairs_from`` (a previous output folder) and
 ``output_dir`` (required); ``reject_pairs``, ``prompt_y_ras`` {pair name: [R, A, S]} (the user's corrected Prompt Y
@@ -76,6 +77,17 @@ def _result(output_dir: Path, refit: bool = False) -> dict:
             "pairs": report["pairs"], "device": device}
 
 
+def _input_image(path: str, original_file: str | None):
+    """The exported input; a volume Slicer loaded from a photograph (``original_file``) keeps having no units."""
+    from .imageio import read_image
+    from .lengths import is_photo_file
+
+    image = read_image(path)
+    if original_file:
+        image.physical_units = not is_photo_file(original_file)
+    return image
+
+
 def run_registration(request: dict, cancelled) -> dict:
     from .outputs import read_markups, write_registration
     from .prompting.pairs import PairOptions
@@ -85,7 +97,9 @@ def run_registration(request: dict, cancelled) -> dict:
     if request.get("prompts_file"):
         prompts += [p.tolist() for p in read_markups(request["prompts_file"])]
     pair_options = PairOptions(auto_pairs=request.get("auto_pairs"), warps=request.get("warps"))
-    result = register(request["fixed"], request["moving"], prompts, request.get("boxes_ras") or [],
+    originals = request.get("original_files") or {}
+    fixed, moving = (_input_image(request[name], originals.get(name)) for name in ("fixed", "moving"))
+    result = register(fixed, moving, prompts, request.get("boxes_ras") or [],
                       request.get("model", "litemedsam"), request.get("checkpoint"), request.get("device", "auto"),
                       pair_options, fit_options_from(request), pairs_only=bool(request.get("pairs_only")),
                       progress=_progress, cancel=cancelled, reject_pairs=request.get("reject_pairs") or [],

@@ -93,12 +93,19 @@ def roi_box_ras(roi_node) -> list[float]:
     return [c - s / 2 for c, s in zip(center, size)] + [c + s / 2 for c, s in zip(center, size)]
 
 
+def original_file(volume_node) -> str | None:
+    """The file a volume was loaded from (its storage node's), or None for one made in the scene."""
+    storage = volume_node.GetStorageNode()
+    return storage.GetFileName() if storage is not None and storage.GetFileName() else None
+
+
 def build_request(fixed_node, moving_node, prompt_node, folder: Path, options: dict, roi_node=None) -> dict:
     """Write the inputs into ``folder`` and return the worker request (see ``PromptRegLib.worker``)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     request = {"fixed": str(write_volume_world(fixed_node, folder / "fixed.nrrd")),
                "moving": str(write_volume(moving_node, folder / "moving.nrrd")),
+               "original_files": {"fixed": original_file(fixed_node), "moving": original_file(moving_node)},
                "prompts_ras": prompt_positions_ras(prompt_node) if prompt_node is not None else [],
                "boxes_ras": [roi_box_ras(roi_node)] if roi_node is not None else []}
     request.update({key: value for key, value in options.items() if value is not None})

@@ -262,3 +262,26 @@ def test_a_colour_warped_image_loads_as_a_colour_volume_replacing_a_grey_output_
     assert node.IsA("vtkMRMLVectorVolumeNode") and node.GetImageData().GetNumberOfScalarComponents() == 3
     assert slicer.mrmlScene.GetNodesByName("earlier output").GetNumberOfItems() == 0
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(node).squeeze(), rgb)
+
+
+def test_a_volume_slicer_loaded_from_a_photograph_keeps_having_no_units_through_the_worker(tmp_path):
+    """Slicer exports its volumes as NRRD for the worker; the request names the files they came from, so a slide
+    loaded from a JPEG is still registered as a photograph (lengths scaled, pixel grids corresponding; issue K)."""
+    from PromptRegLib.lengths import has_physical_units
+    from PromptRegLib.worker import _input_image
+
+    slicer.mrmlScene = slicer.vtkMRMLScene()
+    array = (np.random.default_rng(0).random((40, 50)) * 255).astype(np.uint8)
+    sitk.WriteImage(sitk.GetImageFromArray(array), str(tmp_path / "pixels.nrrd"))  # slicer-core reads no JPEG
+    slide = mrml.load_volume(tmp_path / "pixels.nrrd", "slide")
+    storage = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+    storage.SetFileName(str(tmp_path / "slide.jpg"))  # what Slicer's storage node holds for a loaded JPEG
+    slide.SetAndObserveStorageNodeID(storage.GetID())
+    made_here = mrml.load_volume(tmp_path / "pixels.nrrd", "made in the scene")  # no storage node: no file
+
+    request = mrml.build_request(slide, made_here, None, tmp_path / "request", {})
+    assert request["original_files"] == {"fixed": str(tmp_path / "slide.jpg"), "moving": None}
+    fixed = _input_image(request["fixed"], request["original_files"]["fixed"])
+    moving = _input_image(request["moving"], request["original_files"]["moving"])
+    assert request["fixed"].endswith(".nrrd") and not has_physical_units(fixed)
+    assert has_physical_units(moving)  # an NRRD with no photograph behind it
