@@ -118,6 +118,8 @@ def _pair_and_fit_options(args):
         fit_options.bending_weight = args.bending
     if args.feature_weight is not None:
         fit_options.feature_weight = args.feature_weight
+    if args.mind_weight is not None:
+        fit_options.descriptor_weight = args.mind_weight
     return pair_options, fit_options
 
 
@@ -241,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     register.add_argument("--bending", type=float, help="regularisation weight (default 10)")
     register.add_argument("--feature-weight", type=float,
                           help="weight of the dense refinement on the model's features (default 2; 0: ROI pairs only)")
+    register.add_argument("--mind-weight", type=float,
+                          help="weight of the MIND-SSC structure term beside the features (default 2; 0: off)")
     register.add_argument("--pairs-only", action="store_true", help="find ROI pairs, fit no transform")
     _add_model_arguments(register)
     register.set_defaults(run=command_register)

@@ -35,6 +35,7 @@ class FeaturePair:
     moving_grid: Grid
     fixed_foreground: Image
     channels_in: int
+    descriptors: "FeaturePair | None" = None     # MIND-SSC of both images at image resolution (:mod:`.mind`)
 
 
 def shared_basis(volumes: list[torch.Tensor], channels: int, samples: int = 20_000,
@@ -75,7 +76,27 @@ def feature_pair(fixed_view, moving_view, channels: int = 24) -> FeaturePair | N
     mean, basis = shared_basis([fixed_values, moving_values], channels)
     foreground = fixed_view.mask_image(foreground_mask(fixed_view))
     return FeaturePair(project(fixed_values, mean, basis), fixed_grid, project(moving_values, mean, basis),
-                       moving_grid, foreground, int(fixed_values.shape[0]))
+                       moving_grid, foreground, int(fixed_values.shape[0]), descriptor_pair(fixed_view, moving_view,
+                                                                                            foreground))
+
+
+def descriptor_pair(fixed_view, moving_view, foreground: Image) -> FeaturePair:
+    """MIND-SSC of both views' windowed images, each on an isotropic grid along the fixed view's axes; the moving
+    grid's spacing is the fixed one's in the moving image's units (photographs of other pixel sizes)."""
+    from .mind import describe, descriptor_grid
+    from .views.grid import covering_grid
+    from .views.slices import windowed
+
+    direction = fixed_view.grid.direction
+    finest = float(fixed_view.grid.spacing[0])
+    spacing = max(descriptor_grid(fixed_view.image, direction, finest).spacing[0],
+                  descriptor_grid(moving_view.image, direction, finest * moving_view.unit_mm).spacing[0]
+                  / moving_view.unit_mm)
+    grids = [covering_grid(Grid.of(view.image), direction, np.full(view.image.dimension, spacing * view.unit_mm))
+             for view in (fixed_view, moving_view)]
+    fixed, moving = (describe(windowed(view.image, view.window), grid)
+                     for view, grid in zip((fixed_view, moving_view), grids))
+    return FeaturePair(fixed, grids[0], moving, grids[1], foreground, int(fixed.shape[0]))
 
 
 def sample(values: torch.Tensor, grid: Grid, points_lps: torch.Tensor) -> torch.Tensor:

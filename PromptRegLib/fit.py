@@ -12,7 +12,9 @@ Stages (all in physical units, spacing- and direction-aware):
    Adam on (1 − mean per-pair soft Dice) + λ·bending energy, coarse to fine, stopping on convergence.
 The mean of per-pair Dice (not one pooled Dice) lets small structures count. Given the model's features of both
 images (:class:`~PromptRegLib.dense.FeaturePair`), stages 2 and 3 also minimise ``feature_weight`` × (1 − mean
-feature cosine) over the fixed anatomy (dense refinement, :mod:`PromptRegLib.dense`).
+feature cosine) over the fixed anatomy (dense refinement, :mod:`PromptRegLib.dense`), and ``descriptor_weight`` ×
+(1 − mean correlation) of the images' MIND-SSC descriptors (:mod:`PromptRegLib.mind`), which see edges at image
+resolution where the features see organs.
 """
 from __future__ import annotations
 
@@ -42,6 +44,7 @@ class FitOptions:
     max_rotation_deg: float = 30.0          # larger rotations only when the pairs' centroids demand them
     feature_weight: float = 2.0             # weight of the dense feature term (1 − mean cosine); 0: ROI pairs only
     feature_affine: bool = True             # the feature term also refines the affine stage
+    descriptor_weight: float = 2.0          # weight of the MIND-SSC term (1 − mean correlation); 0: off
 
 
 @dataclass
@@ -399,15 +402,19 @@ def fit_transform(fixed: Image, moving: Image, fixed_masks: list[np.ndarray | Im
     reference = working_reference(fixed, options.working_voxels)
     pair_loss = _PairLoss(fixed_masks, moving_masks, weights, reference)
     points = pair_loss.points
-    feature_loss = None
+    feature_loss = descriptor_loss = None
     if features is not None and options.feature_weight > 0:
         from .dense import FeatureLoss
         feature_loss = FeatureLoss(features, reference, points)
+        if features.descriptors is not None and options.descriptor_weight > 0:
+            descriptor_loss = FeatureLoss(features.descriptors, reference, points)
 
     def objective(moved_points, with_features: bool = True):
         loss = pair_loss.loss(moved_points)
         if feature_loss is not None and with_features:
             loss = loss + options.feature_weight * feature_loss.loss(moved_points)
+        if descriptor_loss is not None and with_features:
+            loss = loss + options.descriptor_weight * descriptor_loss.loss(moved_points)
         return loss
 
     report = {"dice_identity": pair_loss.dice(points).tolist(), "initial_affine": how}
@@ -437,6 +444,8 @@ def fit_transform(fixed: Image, moving: Image, fixed_masks: list[np.ndarray | Im
     if feature_loss is not None:
         report["feature_cosine_identity"] = float(feature_loss.cosine(points))
         report["feature_cosine_affine"] = float(feature_loss.cosine(affine_points))
+    if descriptor_loss is not None:
+        report["descriptor_correlation_affine"] = float(descriptor_loss.cosine(affine_points))
 
     control = None
     if options.transform == "deformable":
@@ -466,6 +475,8 @@ def fit_transform(fixed: Image, moving: Image, fixed_masks: list[np.ndarray | Im
         report["dice_deformable"] = pair_loss.dice(affine_points + dense).tolist()
         if feature_loss is not None:
             report["feature_cosine_deformable"] = float(feature_loss.cosine(affine_points + dense))
+        if descriptor_loss is not None:
+            report["descriptor_correlation_deformable"] = float(descriptor_loss.cosine(affine_points + dense))
     return FittedTransform(matrix, offset, control, fixed, report)
 
 

@@ -9,12 +9,12 @@ Registration request (``"request": "register"``, the default) — keys: ``fixed`
 (required); ``prompts_ras`` [[R, A, S], …], ``prompts_file`` (.mrk.json), ``boxes_ras``
 [[R1, A1, S1, R2, A2, S2], …], ``pairs_ras`` [[[R, A, S], [R, A, S]], …] (Prompt X on fixed, Prompt Y on moving),
 ``model``, ``checkpoint``, ``device``, ``preset``, ``auto_pairs``, ``warps``, ``transform``, ``bending``,
-``feature_weight``, ``pairs_only``, ``reject_pairs``, ``original_files`` {"fixed": path, "moving": path} (the files
+``feature_weight``, ``mind_weight``, ``pairs_only``, ``reject_pairs``, ``original_files`` {"fixed": path, "moving": path} (the files
 Slicer loaded the exported volumes from: a photograph's has no physical units, see ``lengths``).
 
 Refit request (``"request": "refit"``) — keys: ``pairs_from`` (a previous output folder) and
 ``output_dir`` (required); ``reject_pairs``, ``prompt_y_ras`` {pair name: [R, A, S]} (the user's corrected Prompt Y
-on the moving image), ``preset``, ``transform``, ``bending``, ``feature_weight``; ``fixed``/``moving`` default to the images
+on the moving image), ``preset``, ``transform``, ``bending``, ``feature_weight``, ``mind_weight``; ``fixed``/``moving`` default to the images
 that run used. The fit from the written ROI pairs and the run's cached features; a corrected pair's ROI Y is
 decoded again at its Prompt Y, nothing else is (see ``refit``).
 """
@@ -62,6 +62,8 @@ def fit_options_from(request: dict):
         fit_options.bending_weight = float(request["bending"])
     if request.get("feature_weight") is not None:
         fit_options.feature_weight = float(request["feature_weight"])
+    if request.get("mind_weight") is not None:
+        fit_options.descriptor_weight = float(request["mind_weight"])
     return fit_options
 
 

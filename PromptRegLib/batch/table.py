@@ -3,7 +3,7 @@
 Columns (header row, any order): ``id``, ``fixed``, ``moving`` (required); ``prompts`` — a Slicer ``.mrk.json``,
 inline clicks ``R,A,S;R,A,S`` (RAS mm), or empty for automatic pairs; per-row options ``model``,
 ``checkpoint``, ``device``, ``transform``, ``auto_pairs``, ``warps``, ``bending``, ``feature_weight``,
-``prompt_px`` (``X,Y[,Z];…`` in the fixed image's pixels); scoring columns ``fixed_labels``,
+``mind_weight``, ``prompt_px`` (``X,Y[,Z];…`` in the fixed image's pixels); scoring columns ``fixed_labels``,
 ``moving_labels`` (label maps: Dice per label), ``truth`` (an ITK transform fixed → moving: TRE in mm) and
 ``fixed_landmarks``, ``moving_landmarks`` (corresponding ``.mrk.json`` points: landmark TRE in mm).
 Paths are relative to the CSV's folder. A problem with the table itself (a missing column, a duplicate or
@@ -22,7 +22,7 @@ from ..errors import PromptRegError
 
 REQUIRED_COLUMNS = ("id", "fixed", "moving")
 OPTION_COLUMNS = ("model", "checkpoint", "device", "transform", "auto_pairs", "warps", "bending", "feature_weight",
-                  "prompt_px")
+                  "mind_weight", "prompt_px")
 SCORING_COLUMNS = ("fixed_labels", "moving_labels", "truth", "fixed_landmarks", "moving_landmarks")
 PATH_COLUMNS = ("fixed", "moving", "checkpoint") + SCORING_COLUMNS
 KNOWN_COLUMNS = REQUIRED_COLUMNS + ("prompts",) + OPTION_COLUMNS + SCORING_COLUMNS

@@ -112,7 +112,8 @@ def options_of(row: PairRow, clicks: int):
     if transform not in ("affine", "deformable"):
         raise RowOptionError(f"column transform: {transform!r}; use affine or deformable.")
     fit_options = FitOptions(transform=transform)
-    for key, attribute in (("bending", "bending_weight"), ("feature_weight", "feature_weight")):
+    for key, attribute in (("bending", "bending_weight"), ("feature_weight", "feature_weight"),
+                           ("mind_weight", "descriptor_weight")):
         value = _number(row, key, float)
         if value is not None:
             setattr(fit_options, attribute, value)

@@ -18,6 +18,17 @@ from PromptRegLib.registration import PairOptions, refit_transform, register
 
 VARIANTS = {
     "pairs only": FitOptions(feature_weight=0.0),
+    "features 2 no MIND": FitOptions(feature_weight=2.0, descriptor_weight=0.0),
+    "features 2 MIND 0.5": FitOptions(feature_weight=2.0, descriptor_weight=0.5),
+    "features 2 MIND 1": FitOptions(feature_weight=2.0, descriptor_weight=1.0),
+    "features 2 MIND 2": FitOptions(feature_weight=2.0, descriptor_weight=2.0),
+    "features 1 MIND 2": FitOptions(feature_weight=1.0, descriptor_weight=2.0),
+    "features 2 MIND 2 control 15 mm": FitOptions(feature_weight=2.0, descriptor_weight=2.0,
+                                                  control_spacing_mm=(60.0, 30.0, 15.0)),
+    "features 2 MIND 4 control 15 mm": FitOptions(feature_weight=2.0, descriptor_weight=4.0,
+                                                  control_spacing_mm=(60.0, 30.0, 15.0)),
+    "features 2 MIND 8 control 15 mm": FitOptions(feature_weight=2.0, descriptor_weight=8.0,
+                                                  control_spacing_mm=(60.0, 30.0, 15.0)),
     "features 0.5": FitOptions(feature_weight=0.5),
     "features 1": FitOptions(feature_weight=1.0),
     "features 2": FitOptions(feature_weight=2.0),
@@ -49,10 +60,11 @@ def main() -> None:
             seconds = time.perf_counter() - started
             row = {"case": case.name, "variant": name, **score(case, result.transform.to_sitk()),
                    "fit_s": round(seconds, 1), "pairs_s": round(pairs_seconds, 1),
-                   "cosine": {k: round(v, 3) for k, v in result.report["fit"].items() if k.startswith("feature_cos")},
+                   "cosine": {k: round(v, 3) for k, v in result.report["fit"].items() if k.startswith(("feature_cos", "descriptor_corr"))},
                    "used": len(result.accepted_pairs)}
             rows.append(row)
-            tre = f"{row['tre_mm']:.2f} mm" if row.get("tre_mm") is not None else ""
+            tre = f"{row['tre_mm']:.2f} mm" if row.get("tre_mm") is not None else \
+                f"{row['tre_px']:.1f} px" if row.get("tre_px") is not None else ""
             print(f"{case.name:18s} {name:30s} Dice {row.get('dice_mean', float('nan')):.3f} {tre:9s} "
                   f"fit {seconds:5.1f} s  {row['cosine']}", flush=True)
     print(json.dumps(rows, indent=1, default=float))
