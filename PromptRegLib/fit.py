@@ -14,7 +14,8 @@ The mean of per-pair Dice (not one pooled Dice) lets small structures count. Giv
 images (:class:`~PromptRegLib.dense.FeaturePair`), stages 2 and 3 also minimise ``feature_weight`` × (1 − mean
 feature cosine) over the fixed anatomy (dense refinement, :mod:`PromptRegLib.dense`), and ``descriptor_weight`` ×
 (1 − mean correlation) of the images' MIND-SSC descriptors (:mod:`PromptRegLib.mind`), which see edges at image
-resolution where the features see organs.
+resolution where the features see organs — in the deformable stage only: edges capture a few millimetres, and on
+an affine still to be placed they pull towards whichever edge is nearest.
 """
 from __future__ import annotations
 
@@ -409,11 +410,11 @@ def fit_transform(fixed: Image, moving: Image, fixed_masks: list[np.ndarray | Im
         if features.descriptors is not None and options.descriptor_weight > 0:
             descriptor_loss = FeatureLoss(features.descriptors, reference, points)
 
-    def objective(moved_points, with_features: bool = True):
+    def objective(moved_points, with_features: bool = True, with_descriptors: bool = True):
         loss = pair_loss.loss(moved_points)
         if feature_loss is not None and with_features:
             loss = loss + options.feature_weight * feature_loss.loss(moved_points)
-        if descriptor_loss is not None and with_features:
+        if descriptor_loss is not None and with_descriptors:
             loss = loss + options.descriptor_weight * descriptor_loss.loss(moved_points)
         return loss
 
@@ -430,7 +431,7 @@ def fit_transform(fixed: Image, moving: Image, fixed_masks: list[np.ndarray | Im
     def affine(at_points):
         return (at_points - centre) @ (matrix_t + matrix_step / extent).T + centre @ matrix_t.T + offset_t + shift
 
-    iterations, _ = _optimise([matrix_step, shift], lambda: objective(affine(points), options.feature_affine),
+    iterations, _ = _optimise([matrix_step, shift], lambda: objective(affine(points), options.feature_affine, False),
                               options, cancel)
     matrix = (matrix_t + matrix_step / extent).detach().numpy().astype(float)
     offset = (affine(torch.zeros(1, fixed.dimension))[0]).detach().numpy().astype(float)
