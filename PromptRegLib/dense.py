@@ -65,8 +65,9 @@ def project(values: torch.Tensor, mean: torch.Tensor, basis: torch.Tensor, chunk
     return projected.reshape(basis.shape[1], *values.shape[1:])
 
 
-def feature_pair(fixed_view, moving_view, channels: int = 24) -> FeaturePair | None:
-    """The projected features of both views (encoding the slices not yet encoded); None where a view has none."""
+def feature_pair(fixed_view, moving_view, channels: int = 24, descriptors: bool = False) -> FeaturePair | None:
+    """The projected features of both views (encoding the slices not yet encoded); None where a view has none.
+    With ``descriptors``, also both images' MIND-SSC (:func:`descriptor_pair`)."""
     from .prompting.pairs import foreground_mask
 
     fixed, moving = fixed_view.feature_volume(), moving_view.feature_volume()
@@ -76,8 +77,8 @@ def feature_pair(fixed_view, moving_view, channels: int = 24) -> FeaturePair | N
     mean, basis = shared_basis([fixed_values, moving_values], channels)
     foreground = fixed_view.mask_image(foreground_mask(fixed_view))
     return FeaturePair(project(fixed_values, mean, basis), fixed_grid, project(moving_values, mean, basis),
-                       moving_grid, foreground, int(fixed_values.shape[0]), descriptor_pair(fixed_view, moving_view,
-                                                                                            foreground))
+                       moving_grid, foreground, int(fixed_values.shape[0]),
+                       descriptor_pair(fixed_view, moving_view, foreground) if descriptors else None)
 
 
 def descriptor_pair(fixed_view, moving_view, foreground: Image) -> FeaturePair:
