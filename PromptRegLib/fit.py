@@ -45,7 +45,7 @@ class FitOptions:
     max_rotation_deg: float = 30.0          # larger rotations only when the pairs' centroids demand them
     feature_weight: float = 2.0             # weight of the dense feature term (1 − mean cosine); 0: ROI pairs only
     feature_affine: bool = True             # the feature term also refines the affine stage
-    descriptor_weight: float = 0.0          # weight of the MIND-SSC term (1 − mean correlation); opt-in, 2 measured best
+    descriptor_weight: float = 2.0          # weight of the MIND-SSC term (1 − mean correlation), deformable stage
 
 
 @dataclass

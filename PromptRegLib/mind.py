@@ -66,7 +66,18 @@ def descriptor_grid(image: Image, direction: np.ndarray, finest_mm: float) -> Gr
     return covering_grid(box, direction, np.full(image.dimension, spacing))
 
 
-def describe(image01: sitk.Image, grid: Grid) -> torch.Tensor:
-    """MIND-SSC of an image already mapped to [0, 1], sampled (anti-aliased) on ``grid``: (channels, *grid shape)."""
+def describe(image01: sitk.Image, grid: Grid, dilation: int = 1, radius: int = 1) -> torch.Tensor:
+    """MIND-SSC of an image already mapped to [0, 1], sampled (anti-aliased) on ``grid``: (channels, *grid shape).
+
+    Zero (no information) wherever the descriptor's footprint reaches outside the image's own box: the fill
+    outside a stored box — a coarse oblique volume cut across the body, say — would otherwise read as an edge
+    the other image lacks."""
     values = torch.from_numpy(resample_onto(image01, grid, 0.0))
-    return mind_ssc(values)
+    inside = sitk.Image(image01.GetSize(), sitk.sitkUInt8) + 1
+    inside.CopyInformation(image01)
+    stored = resample_onto(inside, grid, 0.0, sitk.sitkNearestNeighbor, antialias=False)
+    outside = 1.0 - torch.from_numpy(stored)[None, None]
+    pool = F.max_pool3d if stored.ndim == 3 else F.max_pool2d
+    reach = dilation + radius
+    valid = 1.0 - pool(outside, 2 * reach + 1, stride=1, padding=reach)[0, 0]
+    return mind_ssc(values, dilation, radius) * valid

@@ -68,3 +68,21 @@ def test_descriptors_place_an_inverted_contrast_copy_at_its_true_shift():
     loss = FeatureLoss(pair, reference, points)
     losses = {dx: float(loss.loss(points + torch.tensor([dx, 0.0, 0.0]))) for dx in (-4.0, 0.0, 2.0, 4.0, 6.0)}
     assert min(losses, key=losses.get) == 4.0, losses
+
+
+def test_a_box_cut_across_the_image_reads_as_no_information_not_as_an_edge():
+    """The same image stored on a smaller box (cut across its structure): where the crop's descriptor is defined
+    it is the full image's; near the cut it is zero, so the fill outside cannot pull the fit."""
+    values = blobs((40, 44), seed=3).astype(np.float32)
+    full = sitk.GetImageFromArray(values)
+    full.SetSpacing([2.0, 2.0])
+    cropped = full[8:30, 5:35]
+    grid = descriptor_grid(Image(full), np.eye(2), 2.0)
+    whole, cut = describe(full, grid), describe(cropped, grid)
+    defined = cut.norm(dim=0) > 0.5
+    inside_box = torch.zeros_like(defined)
+    inside_box[5:35, 8:30] = True  # the crop's own box on the full grid (numpy order)
+    rim = inside_box & ~defined
+    assert int(defined.sum()) > 400 and int(rim.sum()) > 100
+    assert float((cut[:, defined] * whole[:, defined]).sum(0).mean()) > 0.99
+    assert torch.all(cut[:, ~defined] == 0)  # the cut's rim is blanked, not described as an edge
