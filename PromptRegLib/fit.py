@@ -129,6 +129,11 @@ class FittedTransform:
         return transform
 
 
+#: below this mean MIND correlation at the affine the images share too little structure at image resolution
+#: (two stains of a lung slide: 0.04; where the term helps: 0.15 CT-MR to 0.30 — ``Testing/Analysis/dense_refinement_sweep.py``)
+MIN_DESCRIPTOR_CORRELATION = 0.1
+
+
 def grid_points_lps(image: Image) -> np.ndarray:
     """LPS positions of every voxel, (N, d), in numpy (C) order of the voxels."""
     shape = image.array.shape
@@ -447,6 +452,10 @@ def fit_transform(fixed: Image, moving: Image, fixed_masks: list[np.ndarray | Im
         report["feature_cosine_affine"] = float(feature_loss.cosine(affine_points))
     if descriptor_loss is not None:
         report["descriptor_correlation_affine"] = float(descriptor_loss.cosine(affine_points))
+        if report["descriptor_correlation_affine"] < MIN_DESCRIPTOR_CORRELATION:
+            descriptor_loss = None  # the images share too little structure at this scale: it would align noise
+            report["descriptor_term"] = (f"dropped: correlation {report['descriptor_correlation_affine']:.3f} at the "
+                                         f"affine < {MIN_DESCRIPTOR_CORRELATION}")
 
     control = None
     if options.transform == "deformable":

@@ -7,7 +7,7 @@ import SimpleITK as sitk
 import torch
 
 from PromptRegLib.dense import FeatureLoss, FeaturePair
-from PromptRegLib.fit import grid_points_lps, working_reference
+from PromptRegLib.fit import MIN_DESCRIPTOR_CORRELATION, FitOptions, fit_transform, grid_points_lps, working_reference
 from PromptRegLib.imageio import Image
 from PromptRegLib.mind import describe, descriptor_grid, mind_ssc
 
@@ -86,3 +86,26 @@ def test_a_box_cut_across_the_image_reads_as_no_information_not_as_an_edge():
     assert int(defined.sum()) > 400 and int(rim.sum()) > 100
     assert float((cut[:, defined] * whole[:, defined]).sum(0).mean()) > 0.99
     assert torch.all(cut[:, ~defined] == 0)  # the cut's rim is blanked, not described as an edge
+
+
+@pytest.mark.parametrize("related", [True, False])
+def test_the_fit_drops_the_term_when_the_images_share_no_structure(related):
+    """Two stains with nothing in common at image resolution (here: independent noise) would have the term align
+    noise; the fit measures the correlation at the affine and drops the term below the threshold."""
+    values = blobs((48, 48), seed=4).astype(np.float32)
+    other = values if related else np.random.default_rng(5).random((48, 48)).astype(np.float32)
+    fixed, moving = sitk.GetImageFromArray(values), sitk.GetImageFromArray(1.0 - other)
+    for image in (fixed, moving):
+        image.SetSpacing([2.0, 2.0])
+    grid = descriptor_grid(Image(fixed), np.eye(2), 2.0)
+    foreground = Image(sitk.Cast(fixed * 0 + 1, sitk.sitkFloat32), "fixed")
+    descriptors = FeaturePair(describe(fixed, grid), grid, describe(moving, grid), grid, foreground, 4)
+    features = FeaturePair(descriptors.fixed, grid, descriptors.fixed, grid, foreground, 4, descriptors)
+    mask = np.zeros((48, 48), np.float32)
+    mask[10:30, 12:36] = 1
+    report = fit_transform(Image(fixed), Image(moving), [mask], [mask], None,
+                           FitOptions(working_voxels=2000, control_spacing_mm=(40.0,), max_iterations=20),
+                           features=features).report
+    assert (report["descriptor_correlation_affine"] >= MIN_DESCRIPTOR_CORRELATION) == related
+    assert ("descriptor_term" in report) != related
+    assert ("descriptor_correlation_deformable" in report) == related
