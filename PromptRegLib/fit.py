@@ -129,8 +129,8 @@ class FittedTransform:
         return transform
 
 
-#: below this mean MIND correlation at the affine the images share too little structure at image resolution
-#: (two stains of a lung slide: 0.04; where the term helps: 0.15 CT-MR to 0.30 — ``Testing/Analysis/dense_refinement_sweep.py``)
+#: below this mean MIND correlation at the affine the images share too little structure at image resolution: two
+#: stains of a lung slide 0.04; where the term helps 0.15 (CT-MR) to 0.30 (Testing/Analysis/dense_refinement_sweep.py)
 MIN_DESCRIPTOR_CORRELATION = 0.1
 
 
