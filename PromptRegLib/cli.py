@@ -244,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     register.add_argument("--feature-weight", type=float,
                           help="weight of the dense refinement on the model's features (default 2; 0: ROI pairs only)")
     register.add_argument("--mind-weight", type=float,
-                          help="weight of the MIND-SSC structure term beside the features (default 0: off; 2 measured best, see README)")
+                          help="weight of the MIND-SSC structure term beside the features (default 2; 0: off; see README)")
     register.add_argument("--pairs-only", action="store_true", help="find ROI pairs, fit no transform")
     _add_model_arguments(register)
     register.set_defaults(run=command_register)
