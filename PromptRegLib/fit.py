@@ -130,7 +130,7 @@ class FittedTransform:
 
 
 #: below this mean MIND correlation at the affine the images share too little structure at image resolution: two
-#: stains of a lung slide 0.04; where the term helps 0.15 (CT-MR) to 0.30 (Testing/Analysis/dense_refinement_sweep.py)
+#: stains of a lung slide 0.04; where the term helps 0.15 (CT-MR) to 0.77 (CT) (Testing/Analysis/dense_refinement_sweep.py)
 MIN_DESCRIPTOR_CORRELATION = 0.1
 
 
