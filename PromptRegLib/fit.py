@@ -47,6 +47,11 @@ class FitOptions:
     feature_affine: bool = True             # the feature term also refines the affine stage
     descriptor_weight: float = 2.0          # weight of the MIND-SSC term (1 − mean correlation), deformable stage
 
+    @property
+    def uses_descriptors(self) -> bool:
+        """Whether the fit would use MIND-SSC descriptors (only the deformable stage does): compute them only then."""
+        return self.descriptor_weight > 0 and self.transform == "deformable"
+
 
 @dataclass
 class FittedTransform:
@@ -130,7 +135,7 @@ class FittedTransform:
 
 
 #: below this mean MIND correlation at the affine the images share too little structure at image resolution: two
-#: stains of a lung slide 0.04; where the term helps 0.15 (CT-MR) to 0.77 (CT) (Testing/Analysis/dense_refinement_sweep.py)
+#: stains of a lung slide 0.04; where the term helps 0.15 (CT-MR) to 0.77 (CT) (Analysis/dense_refinement_sweep.py)
 MIN_DESCRIPTOR_CORRELATION = 0.1
 
 

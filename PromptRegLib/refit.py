@@ -112,7 +112,7 @@ def refit_features(report: dict, fit_options: FitOptions, views):
         fixed_view, moving_view = views()
     except (CheckpointError, KeyError) as error:
         return None, f"off (the run's model is not available: {error})"
-    features = feature_pair(fixed_view, moving_view, descriptors=fit_options.descriptor_weight > 0)
+    features = feature_pair(fixed_view, moving_view, descriptors=fit_options.uses_descriptors)
     return features, "features" if features is not None else "off"
 
 

@@ -134,7 +134,7 @@ def register(fixed: Image | str | Path, moving: Image | str | Path, prompts_ras=
     prior, features, orientation = initial_prior(fixed_view, moving_view), None, {"searched": False}
     if fit_options.feature_weight > 0 and not pairs_only:  # the refinement's features, read once, also orient
         report("encoding for dense refinement", 0.03)
-        features = feature_pair(fixed_view, moving_view, descriptors=fit_options.descriptor_weight > 0)
+        features = feature_pair(fixed_view, moving_view, descriptors=fit_options.uses_descriptors)
         prior, orientation = orientation_prior(fixed_view, moving_view, prior, features)
     pair_progress = lambda stage, f: report(stage, 0.05 + 0.75 * f)  # noqa: E731
     pairs = find_pairs(fixed_view, moving_view, points_lps, boxes_lps, prior, pair_options, pair_progress, cancel,
@@ -196,7 +196,7 @@ def refit_transform(result: RegistrationResult, fit_options: FitOptions | None =
         if progress:
             progress("encoding for dense refinement", 0.8)
         features = feature_pair(result.fixed_view, result.moving_view,
-                                descriptors=fit_options.descriptor_weight > 0)
+                                descriptors=fit_options.uses_descriptors)
         result.report["encoded"] = {"fixed": result.fixed_view.encoded, "moving": result.moving_view.encoded}
     result.report["dense_refinement"] = "features" if features is not None else "off"
     transform, folding, options = fit_without_folding(result.fixed_image, result.moving_image, fixed_masks,
