@@ -73,10 +73,8 @@ def describe(image01: sitk.Image, grid: Grid, dilation: int = 1, radius: int = 1
     outside a stored box — a coarse oblique volume cut across the body, say — would otherwise read as an edge
     the other image lacks."""
     values = torch.from_numpy(resample_onto(image01, grid, 0.0))
-    inside = sitk.Image(image01.GetSize(), sitk.sitkUInt8) + 1
-    inside.CopyInformation(image01)
-    stored = resample_onto(inside, grid, 0.0, sitk.sitkNearestNeighbor, antialias=False)
-    outside = 1.0 - torch.from_numpy(stored)[None, None]
+    stored = Grid.of(image01).contains(grid.points_lps().reshape(-1, grid.dimension)).reshape(grid.shape)
+    outside = torch.from_numpy(~stored).float()[None, None]
     pool = F.max_pool3d if stored.ndim == 3 else F.max_pool2d
     reach = dilation + radius
     valid = 1.0 - pool(outside, 2 * reach + 1, stride=1, padding=reach)[0, 0]
