@@ -1,6 +1,8 @@
-"""Shared fixtures: the shared real data, and one model whose embedding cache lives for the whole session."""
+"""Shared fixtures: the shared real data, one model whose embedding cache lives for the whole session, and one
+default registration of the 3D CT pair that several modules read."""
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -38,6 +40,28 @@ def ct_case(data_dir):
     from PromptRegLib.bench import load_cases
 
     return {c.name: c for c in load_cases(data_dir)}
+
+
+def digest(path) -> str:
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+@pytest.fixture(scope="session")
+def registered_3d(ct_case, model, tmp_path_factory):
+    """The 3D CT pair registered with the case's three clicks and every default, its outputs written: the case, the
+    result, the output folder, the progress reported, the inputs' digests before the run and their paths."""
+    from PromptRegLib import register
+    from PromptRegLib.outputs import write_registration
+
+    case = ct_case["ctchest4_3d"]
+    inputs = [case.path(case.fixed), case.path(case.moving)]
+    before = [digest(p) for p in inputs]
+    stages = []
+    result = register(case.path(case.fixed), case.path(case.moving), case.prompts_ras,
+                      cache=model.cache, progress=lambda stage, fraction: stages.append((stage, fraction)))
+    output = tmp_path_factory.mktemp("reg3d") / "out"
+    write_registration(result, output)
+    return case, result, output, stages, before, inputs
 
 
 @pytest.fixture

@@ -101,7 +101,8 @@ def test_the_reference_run_recovers_the_shift(reference_3d, pair_3d):
     assert error.mean() < 3.0, error.mean()
 
 
-@pytest.mark.parametrize("which,code", [("moving", "RAS"), ("moving", "PIR"), ("fixed", "RAS"), ("fixed", "SLA")])
+#: each an axis order and sign flips at once, one per image (a flip alone on real CT: test_batch)
+@pytest.mark.parametrize("which,code", [("moving", "PIR"), ("fixed", "SLA")])
 def test_restored_axes_give_the_same_transform_and_pairs(reference_3d, pair_3d, which, code):
     fixed, moving = pair_3d
     if which == "moving":

@@ -1,4 +1,6 @@
 """One click → ROI on real CT (3D with slice propagation, and 2D), scored against the shipped labels."""
+from pathlib import Path
+
 import numpy as np
 import SimpleITK as sitk
 import pytest
@@ -13,12 +15,14 @@ CLICKS_3D = {6: (-71.2, -33.6, -140.2), 5: (75.0, -33.6, -140.2), 7: (1.9, -3.1,
 
 
 @pytest.fixture(scope="module")
-def ct_rois(data_dir, model):
-    image = read_image(data_dir / "ctchest4" / "ct.nrrd")
-    view = make_view(model, image)
-    rois = segment_prompts(view, [ras_to_lps(np.array(p)) for p in CLICKS_3D.values()])
+def ct_rois(data_dir, registered_3d):
+    """ROI X of the three clicks, as the session's registration of the 3D CT pair segmented them (the same clicks,
+    view and model as segmenting them alone; read, not segmented again: 30 s of the suite)."""
+    case, result, *_ = registered_3d
+    assert [list(p) for p in CLICKS_3D.values()] == [list(p) for p in case.prompts_ras]
+    assert Path(case.path(case.fixed)).resolve() == (data_dir / "ctchest4" / "ct.nrrd").resolve()
     labels = sitk.GetArrayFromImage(sitk.ReadImage(str(data_dir / "ctchest4" / "ct_labels.nii.gz")))
-    return {label: view.to_image_mask(roi.mask) for label, roi in zip(CLICKS_3D, rois)}, labels
+    return {label: result.fixed_mask(pair) for label, pair in zip(CLICKS_3D, result.pairs)}, labels
 
 
 @pytest.mark.parametrize("label", [5, 6])
