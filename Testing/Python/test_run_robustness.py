@@ -19,8 +19,9 @@ def quick_options() -> PairOptions:
 
 
 def pair_2d(ct_case) -> tuple[str, str, list]:
+    """The 2D CT pair and one click: every stage of a run, at the least decoding."""
     case = ct_case["ctchest4_2d"]
-    return case.path(case.fixed), case.path(case.moving), case.prompts_ras[:2]
+    return case.path(case.fixed), case.path(case.moving), case.prompts_ras[:1]
 
 
 def stages_of_a_full_run(fixed, moving, prompts) -> list[str]:
