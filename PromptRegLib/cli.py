@@ -297,10 +297,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quiet", action="store_true")
     bench.set_defaults(run=command_bench)
 
-    cache = commands.add_parser("cache", help="where the embedding cache and exported encoders are, their size; "
+    cache = commands.add_parser("cache", help="where the embedding cache and exported networks are, their size; "
                                               "--clear empties them ($PROMPTREG_CACHE, $PROMPTREG_CACHE_MAX_MB)")
     cache.add_argument("--info", action="store_true", help="tell place and size (the default)")
-    cache.add_argument("--clear", action="store_true", help="delete cached embeddings and exported encoders")
+    cache.add_argument("--clear", action="store_true", help="delete cached embeddings and exported networks")
     cache.set_defaults(run=command_cache)
     return parser
 

@@ -219,8 +219,8 @@ def _unlink(path: Path) -> int:
 
 
 def describe_disk_caches(clear: bool = False) -> list[str]:
-    """Where the embedding cache and the exported encoders are, and their size; ``clear`` empties both first."""
-    from .encoder_runtime import clear_exports, export_dir, exported_bytes
+    """Where the embedding cache and the exported networks are, and their size; ``clear`` empties both first."""
+    from .openvino_runtime import clear_exports, export_dir, exported_bytes
 
     cache = EmbeddingCache()
     lines = []
@@ -233,5 +233,5 @@ def describe_disk_caches(clear: bool = False) -> list[str]:
         lines.append(f"embedding cache: {info['directory']}: {info['entries']} embeddings, "
                      f"{info['bytes'] / 2**20:.1f} MB of {info['max_bytes'] / 2**20:.0f} MB (PROMPTREG_CACHE_MAX_MB)")
     exports = export_dir() or "off (PROMPTREG_EXPORTS=off)"
-    lines.append(f"exported encoders: {exports}: {exported_bytes() / 2**20:.1f} MB")
+    lines.append(f"exported networks: {exports}: {exported_bytes() / 2**20:.1f} MB")
     return lines
