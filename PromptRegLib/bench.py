@@ -348,7 +348,8 @@ def _promptreg_extra(result) -> dict:
 
 def second_click_seconds(case: Case, result) -> float | None:
     """Seconds to pair one more click once both images are encoded, as in a live Slicer session: the case's
-    first click again, on the run's own views (their embeddings held in memory); None without clicks."""
+    first click again, on the run's own views (their embeddings held in memory), one click one pair (no sampled
+    pairs even when it is rejected); None without clicks."""
     from .prompting.pairs import PairOptions, find_pairs, initial_prior
 
     if not case.prompts_ras:
@@ -356,7 +357,8 @@ def second_click_seconds(case: Case, result) -> float | None:
     point = ras_to_lps(np.asarray(case.prompts_ras[0], dtype=float))[: result.fixed_image.dimension]
     started = time.perf_counter()
     find_pairs(result.fixed_view, result.moving_view, [point], [],
-               initial_prior(result.fixed_view, result.moving_view), PairOptions(auto_pairs=0, warps=0))
+               initial_prior(result.fixed_view, result.moving_view),
+               PairOptions(auto_pairs=0, warps=0, fallback_auto_pairs=0))
     return time.perf_counter() - started
 
 

@@ -237,16 +237,31 @@ def test_click_spread_summary_and_markdown_rows():
 
 
 # --- interactive latency ---------------------------------------------------------------------------------------
-def test_a_second_click_is_timed_on_the_runs_own_encoded_views(cases):
+def test_a_second_click_is_timed_on_the_runs_own_encoded_views(cases, monkeypatch):
+    """One click is one pair, as in a live session: never sampled pairs when it is rejected (the clinical grid
+    rejects its re-paired click, and the fallback's 8 sampled pairs took 254 s)."""
+    from PromptRegLib.prompting import pairs as pairs_module
     from PromptRegLib.prompting.pairs import PairOptions
     from PromptRegLib.registration import register
+
+    searched = []
+
+    def recording_find_pairs(*args):
+        searched.append((args[5], pairs_module_find_pairs(*args)))
+        return searched[-1][1]
+
+    pairs_module_find_pairs = pairs_module.find_pairs
 
     case = cases["ctchest4_2d"]
     result = register(case.path(case.fixed), case.path(case.moving), case.prompts_ras[:1], model="test-patches",
                       pair_options=PairOptions(auto_pairs=0, warps=0), pairs_only=True)
     encoded = (result.fixed_view.encoded, result.moving_view.encoded)
+    monkeypatch.setattr(pairs_module, "find_pairs", recording_find_pairs)
     seconds = second_click_seconds(case, result)
     assert 0 < seconds < 60
+    (options, found), = searched
+    assert (options.auto_pairs, options.warps, options.fallback_auto_pairs) == (0, 0, 0)
+    assert len(found) == 1 and found[0].source == "user"
     assert (result.fixed_view.encoded, result.moving_view.encoded) == encoded  # nothing encoded again
     assert second_click_seconds(dataclasses.replace(case, prompts_ras=[]), result) is None
 
