@@ -75,10 +75,12 @@ def feature_pair(fixed_view, moving_view, channels: int = 24, descriptors: bool 
         return None
     (fixed_values, fixed_grid), (moving_values, moving_grid) = fixed, moving
     mean, basis = shared_basis([fixed_values, moving_values], channels)
-    foreground = fixed_view.mask_image(foreground_mask(fixed_view))
-    return FeaturePair(project(fixed_values, mean, basis), fixed_grid, project(moving_values, mean, basis),
-                       moving_grid, foreground, int(fixed_values.shape[0]),
-                       descriptor_pair(fixed_view, moving_view, foreground) if descriptors else None)
+    pair = FeaturePair(project(fixed_values, mean, basis), fixed_grid, project(moving_values, mean, basis),
+                       moving_grid, fixed_view.mask_image(foreground_mask(fixed_view)), int(fixed_values.shape[0]))
+    del fixed, moving, fixed_values, moving_values  # ~300 MB each on a clinical grid: gone before the descriptors
+    if descriptors:
+        pair.descriptors = descriptor_pair(fixed_view, moving_view, pair.fixed_foreground)
+    return pair
 
 
 def descriptor_pair(fixed_view, moving_view, foreground: Image) -> FeaturePair:

@@ -62,10 +62,13 @@ def intensity_window(array: np.ndarray, low_percentile: float = 0.5, high_percen
 
 def windowed(image: Image, window: tuple[float, float]) -> sitk.Image:
     """The image mapped to [0, 1] through ``window`` (clipped), float32 — before any resampling, so padding
-    far below the window (CT's -3024) never bleeds into the anatomy's edge."""
+    far below the window (CT's -3024) never bleeds into the anatomy's edge. One filter, so one full-resolution
+    copy is made (a chain of arithmetic held two: 490 MB on a clinical CT grid)."""
     low, high = window
-    scaled = (sitk.Cast(image.sitk_image, sitk.sitkFloat32) - low) / (high - low)
-    return sitk.Clamp(scaled, sitk.sitkFloat32, 0.0, 1.0)
+    source = image.sitk_image
+    if source.GetPixelID() != sitk.sitkFloat32:
+        source = sitk.Cast(source, sitk.sitkFloat32)
+    return sitk.IntensityWindowing(source, low, high, 0.0, 1.0)
 
 
 def in_plane_extent_mm(image_grid: Grid, axis_lps: int) -> float:
