@@ -38,20 +38,31 @@ class FeaturePair:
     descriptors: "FeaturePair | None" = None     # MIND-SSC of both images at image resolution (:mod:`.mind`)
 
 
-def shared_basis(volumes: list[torch.Tensor], channels: int, samples: int = 20_000,
+#: feature vectors each image contributes to the shared basis
+BASIS_SAMPLES = 20_000
+
+
+def sampled_vectors(values: torch.Tensor, samples: int, generator: torch.Generator) -> torch.Tensor:
+    """Feature vectors (n ≤ ``samples``, C) at random locations of ``values`` (C, ...): a copy, so the volume can
+    be released."""
+    flat = values.reshape(values.shape[0], -1)
+    chosen = torch.randperm(flat.shape[1], generator=generator)[:samples]
+    return flat[:, chosen].T.contiguous()
+
+
+def principal_basis(vectors: torch.Tensor, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean (C,) and the first ``channels`` principal directions (C, channels) of feature vectors (n, C)."""
+    mean = vectors.mean(0)
+    _, _, right = torch.linalg.svd(vectors - mean, full_matrices=False)
+    return mean, right[: min(channels, right.shape[0])].T.contiguous()
+
+
+def shared_basis(volumes: list[torch.Tensor], channels: int, samples: int = BASIS_SAMPLES,
                  seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean (C,) and the first ``channels`` principal directions (C, channels) of feature vectors sampled from
     every volume alike (C, ...) — one basis, so projected features stay comparable across the images."""
     generator = torch.Generator().manual_seed(seed)
-    rows = []
-    for values in volumes:
-        flat = values.reshape(values.shape[0], -1)
-        chosen = torch.randperm(flat.shape[1], generator=generator)[:samples]
-        rows.append(flat[:, chosen].T)
-    stacked = torch.cat(rows)
-    mean = stacked.mean(0)
-    _, _, right = torch.linalg.svd(stacked - mean, full_matrices=False)
-    return mean, right[: min(channels, right.shape[0])].T.contiguous()
+    return principal_basis(torch.cat([sampled_vectors(v, samples, generator) for v in volumes]), channels)
 
 
 def project(values: torch.Tensor, mean: torch.Tensor, basis: torch.Tensor, chunk: int = 65_536) -> torch.Tensor:
@@ -70,14 +81,19 @@ def feature_pair(fixed_view, moving_view, channels: int = 24, descriptors: bool 
     With ``descriptors``, also both images' MIND-SSC (:func:`descriptor_pair`)."""
     from .prompting.pairs import foreground_mask
 
-    fixed, moving = fixed_view.feature_volume(), moving_view.feature_volume()
-    if fixed is None or moving is None:
-        return None
-    (fixed_values, fixed_grid), (moving_values, moving_grid) = fixed, moving
-    mean, basis = shared_basis([fixed_values, moving_values], channels)
-    pair = FeaturePair(project(fixed_values, mean, basis), fixed_grid, project(moving_values, mean, basis),
-                       moving_grid, fixed_view.mask_image(foreground_mask(fixed_view)), int(fixed_values.shape[0]))
-    del fixed, moving, fixed_values, moving_values  # ~300 MB each on a clinical grid: gone before the descriptors
+    generator, vectors, grids = torch.Generator().manual_seed(0), [], []
+    for view in (fixed_view, moving_view):  # one raw volume in memory at a time (~300 MB on a clinical grid)
+        volume = view.feature_volume()
+        if volume is None:
+            return None
+        vectors.append(sampled_vectors(volume[0], BASIS_SAMPLES, generator))
+        grids.append(volume[1])
+        del volume
+    mean, basis = principal_basis(torch.cat(vectors), channels)
+    # built again from the held embeddings (about a second) rather than both kept through the projection
+    fixed, moving = (project(view.feature_volume()[0], mean, basis) for view in (fixed_view, moving_view))
+    pair = FeaturePair(fixed, grids[0], moving, grids[1], fixed_view.mask_image(foreground_mask(fixed_view)),
+                       int(vectors[0].shape[1]))
     if descriptors:
         pair.descriptors = descriptor_pair(fixed_view, moving_view, pair.fixed_foreground)
     return pair
