@@ -51,18 +51,11 @@ def sampled_vectors(values: torch.Tensor, samples: int, generator: torch.Generat
 
 
 def principal_basis(vectors: torch.Tensor, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean (C,) and the first ``channels`` principal directions (C, channels) of feature vectors (n, C)."""
+    """Mean (C,) and the first ``channels`` principal directions (C, channels) of feature vectors (n, C) — from
+    both images' samples, one basis, so projected features stay comparable across the images."""
     mean = vectors.mean(0)
     _, _, right = torch.linalg.svd(vectors - mean, full_matrices=False)
     return mean, right[: min(channels, right.shape[0])].T.contiguous()
-
-
-def shared_basis(volumes: list[torch.Tensor], channels: int, samples: int = BASIS_SAMPLES,
-                 seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean (C,) and the first ``channels`` principal directions (C, channels) of feature vectors sampled from
-    every volume alike (C, ...) — one basis, so projected features stay comparable across the images."""
-    generator = torch.Generator().manual_seed(seed)
-    return principal_basis(torch.cat([sampled_vectors(v, samples, generator) for v in volumes]), channels)
 
 
 def project(values: torch.Tensor, mean: torch.Tensor, basis: torch.Tensor, chunk: int = 65_536) -> torch.Tensor:

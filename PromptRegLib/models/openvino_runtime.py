@@ -3,7 +3,7 @@ the fallback.
 
 OpenVINO at f32 precision gives torch's features (within 1e-5) and the same masks, faster on CPU
 (``Testing/Analysis/encoder_runtimes.py`` measures the encoder beside torch, torch.compile and ONNX Runtime;
-``Testing/Analysis/decode_batch.py`` the decoder: 0.06–0.07 s a box against torch's 0.12–0.15 s on 2 cores).
+``Testing/Analysis/decode_batch.py`` the decoder: 0.06–0.075 s a box against torch's 0.12–0.15 s on 2 cores).
 Its default precision may be bf16 on CPUs that have it, which changes masks, so f32 is asked for explicitly.
 
 Each exported network (OpenVINO IR with f32 weights, one batch item per call) is written once per checkpoint

@@ -7,7 +7,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from PromptRegLib.dense import FeatureLoss, FeaturePair, project, sample, shared_basis
+from PromptRegLib.dense import FeatureLoss, FeaturePair, principal_basis, project, sample, sampled_vectors
 from PromptRegLib.fit import grid_points_lps, working_reference
 from PromptRegLib.imageio import Image
 from PromptRegLib.models import load_model
@@ -45,7 +45,8 @@ def test_sample_reads_values_at_physical_points_whatever_the_storage():
 def test_shared_basis_keeps_the_common_structure():
     grid = Grid(np.zeros(2), np.ones(2), np.eye(2), (40, 40))
     values = volume_on(grid, np.zeros(2))
-    mean, basis = shared_basis([values, values], channels=3)
+    generator = torch.Generator().manual_seed(0)
+    mean, basis = principal_basis(torch.cat([sampled_vectors(values, 20_000, generator) for _ in range(2)]), 3)
     assert basis.shape == (6, 3)
     assert np.allclose(basis.T @ basis, np.eye(3), atol=1e-5)
     assert project(values, mean, basis).shape == (3, 40, 40)
