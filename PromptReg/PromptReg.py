@@ -3,7 +3,7 @@
 Module (metadata), Widget (the panel: reads it, starts work, shows progress), Logic (no GUI: inputs to
 files, the worker process, results into the scene) and Test (self-test on a small crop of the example).
 The algorithm lives in ``PromptRegLib`` (installed beside this file) and runs in a separate process
-(``python -m PromptRegLib.worker``), so the GUI never freezes and a crash in the model cannot take Slicer
+(``python -m PromptRegLib.apps.worker``), so the GUI never freezes and a crash in the model cannot take Slicer
 down. The Qt-free helpers are the package ``PromptRegSlicer`` (MRML ↔ files, dependencies, the example).
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ from slicer.util import VTKObservationMixin
 from PromptRegSlicer import dependencies, mrml
 
 MODELS = ["litemedsam", "sam-vit-b", "sam-vit-l", "sam-vit-h", "sam-med3d"]
-PRESETS = ["Quick", "Default", "Accurate"]   # PromptRegLib.presets, by their panel names
+PRESETS = ["Quick", "Default", "Accurate"]   # PromptRegLib.pipeline.presets, by their panel names
 LIVE_DELAY_MS = 400                          # a burst of prompt changes starts one run, this long after the last
 
 
@@ -532,7 +532,7 @@ class PromptRegLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def _newRun(workRoot: str | None):
-        from PromptRegLib.worker_client import WorkerRun  # installed beside this file; imports no torch
+        from PromptRegLib.apps.worker_client import WorkerRun  # installed beside this file; imports no torch
 
         workRoot = workRoot or (slicer.app.temporaryPath if hasattr(slicer, "app") else None)
         return WorkerRun(python=PromptRegLogic.workerPython(), work_root=workRoot)

@@ -2,7 +2,7 @@
 
 ``register(fixed, moving, prompts_ras)`` is the Python API; ``promptreg`` the command line.
 This package never imports Slicer, and importing it loads no torch until the API is used, so the
-Slicer GUI can start the worker (``PromptRegLib.worker_client``) without torch in its own process.
+Slicer GUI can start the worker (``PromptRegLib.apps.worker_client``) without torch in its own process.
 """
 __all__ = ["PromptRegError", "RegistrationResult", "refit_transform", "register"]
 __version__ = "0.1.0"
@@ -14,5 +14,5 @@ def __getattr__(name):
         return PromptRegError
     if name in ("RegistrationResult", "refit_transform", "register"):
         import importlib
-        return getattr(importlib.import_module(".registration", __name__), name)
+        return getattr(importlib.import_module(".pipeline.registration", __name__), name)
     raise AttributeError(f"module 'PromptRegLib' has no attribute {name!r}")

@@ -100,7 +100,7 @@ def original_file(volume_node) -> str | None:
 
 
 def build_request(fixed_node, moving_node, prompt_node, folder: Path, options: dict, roi_node=None) -> dict:
-    """Write the inputs into ``folder`` and return the worker request (see ``PromptRegLib.worker``)."""
+    """Write the inputs into ``folder`` and return the worker request (see ``PromptRegLib.apps.worker``)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     request = {"fixed": str(write_volume_world(fixed_node, folder / "fixed.nrrd")),

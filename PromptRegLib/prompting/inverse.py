@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..views.base import ROI, View, empty_roi
-from ..views.regions import dilate_mm, ring
+from ..core.regions import dilate_mm, ring
 
 
 @dataclass

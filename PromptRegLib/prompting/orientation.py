@@ -3,9 +3,9 @@
 Inverse prompting looks for ROI Y around where a spatial prior expects ROI X (σ 60 mm). Turned by 90° about the
 body's long axis, every structure lies 100 mm or more from that guess and mirror-image neighbours (the two lungs)
 look alike, so the search pairs the wrong regions. Before any prompt is inverted, the model's own features of the
-two images (the dense refinement's, :mod:`PromptRegLib.dense`) are compared over the fixed anatomy under quarter
+two images (the dense refinement's, :mod:`PromptRegLib.transform.features`) are compared over the fixed anatomy under quarter
 turns about the slicing axis through the two anatomies' centres; a turn that agrees clearly better than both the
-current prior and the unturned centre alignment becomes the prior. The fit then starts from the pairs' centres (:func:`PromptRegLib.fit.initial_affine`).
+current prior and the unturned centre alignment becomes the prior. The fit then starts from the pairs' centres (:func:`PromptRegLib.transform.fit.initial_affine`).
 """
 from __future__ import annotations
 
@@ -41,8 +41,8 @@ def _anatomy_points(view: View) -> np.ndarray:
 
 def orientation_prior(fixed: View, moving: View, prior: AffinePrior, features) -> tuple[AffinePrior, dict]:
     """``prior``, or a quarter turn about the slicing axis that the model's features (a
-    :class:`~PromptRegLib.dense.FeaturePair`) agree with clearly better; and what was compared, for the report."""
-    from ..dense import sample
+    :class:`~PromptRegLib.transform.features.FeaturePair`) agree with clearly better; and what was compared, for the report."""
+    from ..transform.features import sample
 
     if features is None:
         return prior, {"searched": False}

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import Cancelled
 from ..views.base import ROI, View
-from ..views.regions import dice
+from ..core.regions import dice
 from .inverse import AffinePrior, InverseOptions, inverse_prompt, prompt_pair
 
 
@@ -218,7 +218,7 @@ def given_pair(fixed: View, moving: View, roi_x: ROI, prompt_x_lps: np.ndarray, 
 def update_prior(fixed: View, moving: View, pairs: list[ROIPair], prior: AffinePrior | None = None) -> AffinePrior:
     """Affine prior from the centroids of accepted pairs, ridge-regularised towards ``prior``'s matrix (a turn found
     by :mod:`.orientation`, else the identity): one pair moves it, several may bend it."""
-    from ..fit import closed_form_affine
+    from ..transform.fit import closed_form_affine
 
     matrix = prior.matrix if prior is not None else np.eye(fixed.image.dimension)
     fixed_centroids = np.array([fixed.centroid_lps(p.roi_x.mask) for p in pairs])

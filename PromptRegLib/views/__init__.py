@@ -1,10 +1,10 @@
 """Views: images as models see them, on working grids chosen in physical terms (see :mod:`.grid`)."""
 from __future__ import annotations
 
-from ..imageio import Image
-from ..lengths import pixel_scale
+from ..core.image import Image
+from ..core.lengths import pixel_scale
 from .base import ROI, Seed, View
-from .grid import Grid, slicing_axis_lps
+from ..core.grid import Grid, slicing_axis_lps
 from .slices import SliceOptions, SliceView, in_plane_extent_mm
 
 
@@ -19,7 +19,7 @@ def make_views(model, fixed_image: Image, moving_image: Image | None, options: S
     chosen from the fixed image, with one pixel size for both (the larger field of view over the input size).
 
     Where neither image has physical units, the moving view's pixel is the fixed view's times their
-    :func:`~PromptRegLib.lengths.pixel_scale`, so the model still sees both at one scale; ``unit_mm`` records it."""
+    :func:`~PromptRegLib.core.lengths.pixel_scale`, so the model still sees both at one scale; ``unit_mm`` records it."""
     images = [image for image in (fixed_image, moving_image) if image is not None]
     if getattr(model, "native_3d", False):
         from .cubes import CubeView

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from ..errors import PromptError
-from ..imageio import Image, lps_to_ras
-from .grid import Grid, resample_mask
+from ..core.image import Image, lps_to_ras
+from ..core.grid import Grid, resample_mask
 
 
 @dataclass

@@ -4,7 +4,7 @@ Regions live on a working grid whose axes are parallel to the model's cube axes 
 column a is the LPS direction of cube array axis a), at the model's spacing (coarser for very large images).
 A cube is a ``cube_size``³ crop at ``model.spacing_mm`` centred on a point (snapped to a lattice so nearby
 requests share one encoding), sampled from the original image by SimpleITK; every map between cube voxels,
-working voxels and LPS millimetres goes through :class:`~PromptRegLib.views.grid.Grid`.
+working voxels and LPS millimetres goes through :class:`~PromptRegLib.core.grid.Grid`.
 """
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputImageError, PromptError
-from ..imageio import Image
+from ..core.image import Image
 from .base import ROI, Seed, View
-from .grid import Grid, covering_grid, resample_onto
-from .regions import clean_mask
+from ..core.grid import Grid, covering_grid, resample_onto
+from ..core.regions import clean_mask
 from .slices import intensity_window, windowed
 
 #: cube orientation for models that do not say (``model.cube_axes_lps``): RAS+, as the public SAM-Med3D inference

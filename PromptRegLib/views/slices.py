@@ -19,11 +19,11 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from ..imageio import Image
+from ..core.image import Image
 from ..models.base import Embedding, PromptableSegmenter
 from .base import ROI, Seed, View
-from .grid import SLICE_AXES_LPS, Grid, covering_grid, resample_onto, spacing_along
-from .regions import box_iou, clean_mask, dice, expand_box, mask_box
+from ..core.grid import SLICE_AXES_LPS, Grid, covering_grid, resample_onto, spacing_along
+from ..core.regions import box_iou, clean_mask, dice, expand_box, mask_box
 
 #: half-widths (mm) of the boxes tried around a click
 BOX_HALF_SIZES_MM = (8.0, 15.0, 25.0, 40.0, 60.0, 90.0, 130.0)

@@ -69,7 +69,7 @@ def timed(command: list[str], cache: Path) -> float:
 
 
 def register_command(row: dict, base: Path, output: Path) -> list[str]:
-    command = [sys.executable, "-m", "PromptRegLib.cli", "register", str(base / row["fixed"]),
+    command = [sys.executable, "-m", "PromptRegLib.apps.cli", "register", str(base / row["fixed"]),
                str(base / row["moving"]), "-o", str(output), "--quiet"]
     for click in row["prompts"].split(";"):
         command += [f"--prompt={click}"]
@@ -102,7 +102,7 @@ def main() -> None:
             results[variant] = time.perf_counter() - started
         else:
             extra = ["--workers", "1", "--threads-per-worker", "2"] if variant == "batch-1x2" else []
-            results[variant] = timed([sys.executable, "-m", "PromptRegLib.cli", "batch", str(pairs), "-o", str(output),
+            results[variant] = timed([sys.executable, "-m", "PromptRegLib.apps.cli", "batch", str(pairs), "-o", str(output),
                                       "--quiet", *extra], cache)
             records = json.loads((output / "summary.json").read_text())["pairs"]
             for record in records:

@@ -114,7 +114,7 @@ def main() -> None:
 
     import slicer
 
-    from PromptRegLib.bench import load_cases
+    from PromptRegLib.apps.bench import load_cases
     PromptReg = _logic_module()
     from PromptRegSlicer import mrml
 

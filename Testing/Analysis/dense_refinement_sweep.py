@@ -12,9 +12,9 @@ import json
 import time
 from dataclasses import replace
 
-from PromptRegLib.bench import load_cases, score
-from PromptRegLib.fit import FitOptions
-from PromptRegLib.registration import PairOptions, refit_transform, register
+from PromptRegLib.apps.bench import load_cases, score
+from PromptRegLib.transform.fit import FitOptions
+from PromptRegLib.pipeline.registration import PairOptions, refit_transform, register
 
 VARIANTS = {
     "pairs only": FitOptions(feature_weight=0.0),

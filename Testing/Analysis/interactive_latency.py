@@ -8,8 +8,8 @@ import argparse
 import time
 from pathlib import Path
 
-from PromptRegLib.bench import load_cases, prepare_case, second_click_seconds
-from PromptRegLib.registration import register
+from PromptRegLib.apps.bench import load_cases, prepare_case, second_click_seconds
+from PromptRegLib.pipeline.registration import register
 
 
 def main() -> None:

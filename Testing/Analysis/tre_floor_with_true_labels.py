@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from PromptRegLib.bench import load_cases, score
-from PromptRegLib.metrics import labelled_points, transform_points
-from PromptRegLib.registration import refit_transform, register
-from PromptRegLib.views.grid import resample_onto
+from PromptRegLib.apps.bench import load_cases, score
+from PromptRegLib.transform.metrics import labelled_points, transform_points
+from PromptRegLib.pipeline.registration import refit_transform, register
+from PromptRegLib.core.grid import resample_onto
 
 LABEL_SETS = {"ours (LiteMedSAM ROIs)": None, "true lungs + body": (), "+ thoracic spine": (3,),
               "+ ribs, thoracic spine": (1, 3), "+ ribs and all vertebrae": (1, 2, 3, 4)}

@@ -37,7 +37,7 @@ def model(cache_dir):
 
 @pytest.fixture(scope="session")
 def ct_case(data_dir):
-    from PromptRegLib.bench import load_cases
+    from PromptRegLib.apps.bench import load_cases
 
     return {c.name: c for c in load_cases(data_dir)}
 
@@ -51,7 +51,7 @@ def registered_3d(ct_case, model, tmp_path_factory):
     """The 3D CT pair registered with the case's three clicks and every default, its outputs written: the case, the
     result, the output folder, the progress reported, the inputs' digests before the run and their paths."""
     from PromptRegLib import register
-    from PromptRegLib.outputs import write_registration
+    from PromptRegLib.io.outputs import write_registration
 
     case = ct_case["ctchest4_3d"]
     inputs = [case.path(case.fixed), case.path(case.moving)]

@@ -16,7 +16,7 @@ import pytest
 import SimpleITK as sitk
 import slicerio
 
-from PromptRegLib.cli import main
+from PromptRegLib.apps.cli import main
 
 # exit codes (PromptRegLib.errors): 0 ok, 3 input image, 4 prompt, 5 checkpoint, 6 output, 7 no usable pair
 
@@ -165,7 +165,7 @@ def test_thin_slab_and_oblique_volumes_segment_on_their_own_grid(direction, tmp_
 
 
 def test_disk_full_while_writing_leaves_nothing(tmp_path, capsys, cache_dir, monkeypatch):
-    import PromptRegLib.outputs as outputs
+    import PromptRegLib.io.outputs as outputs
 
     def full_disk(*_args, **_kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -178,7 +178,7 @@ def test_disk_full_while_writing_leaves_nothing(tmp_path, capsys, cache_dir, mon
 
 
 def test_failing_image_writer_is_an_output_error(tmp_path, capsys, cache_dir, monkeypatch):
-    import PromptRegLib.outputs as outputs
+    import PromptRegLib.io.outputs as outputs
 
     def failing_writer(path, _image):
         raise RuntimeError(f"Exception thrown in SimpleITK ImageFileWriter_Execute: Write: Error writing {path}")
@@ -200,8 +200,8 @@ def test_output_onto_an_input_is_refused(tmp_path, capsys, cache_dir):
 
 def test_python_api_checks_images_built_in_memory():
     from PromptRegLib.errors import InputImageError
-    from PromptRegLib.imageio import Image
-    from PromptRegLib.registration import register
+    from PromptRegLib.core.image import Image
+    from PromptRegLib.pipeline.registration import register
 
     nan_image = Image(sitk.GetImageFromArray(np.full((64, 64), np.nan, np.float32)), "<memory>")
     good = Image(sitk.GetImageFromArray(disk()), "<memory>")

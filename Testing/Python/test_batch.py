@@ -73,7 +73,7 @@ def assert_complete(output: Path) -> None:
 
 def assert_scores_are_the_written_transforms(record: dict, folder: Path, pairs: Path) -> None:
     """The summary's Dice (after and before) are those of the written transform and of the identity."""
-    from PromptRegLib.metrics import dice_per_label, warp_labels
+    from PromptRegLib.transform.metrics import dice_per_label, warp_labels
 
     with open(pairs) as handle:
         row = next(r for r in csv.DictReader(handle) if r["id"] == record["id"])
@@ -85,7 +85,7 @@ def assert_scores_are_the_written_transforms(record: dict, folder: Path, pairs: 
 
 
 def batch_command(pairs: Path, output: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "PromptRegLib.cli", "batch", str(pairs), "-o", str(output),
+    return subprocess.run([sys.executable, "-m", "PromptRegLib.apps.cli", "batch", str(pairs), "-o", str(output),
                            "--workers", "2", "--quiet"], capture_output=True, text=True, timeout=600)
 
 
@@ -124,8 +124,8 @@ def test_a_worker_killed_while_writing_a_pair_leaves_no_partial_folder(pairs_csv
     import dask
     from distributed import Client, LocalCluster
 
-    from PromptRegLib.batch import run_batch
-    from PromptRegLib.batch.run import local_cluster_config
+    from PromptRegLib.apps.batch import run_batch
+    from PromptRegLib.apps.batch.run import local_cluster_config
 
     output = tmp_path / "out"
     with dask.config.set(local_cluster_config(threads=1)):
@@ -167,8 +167,8 @@ def test_a_worker_killed_while_writing_a_pair_leaves_no_partial_folder(pairs_csv
     ("id,fixed,moving\n", "no pairs"),
 ])
 def test_a_table_that_cannot_be_used_stops_before_anything_runs(tmp_path, table, complaint):
-    from PromptRegLib.batch import read_pairs
-    from PromptRegLib.batch.table import PairsTableError
+    from PromptRegLib.apps.batch import read_pairs
+    from PromptRegLib.apps.batch.table import PairsTableError
 
     (tmp_path / "pairs.csv").write_text(table)
     with pytest.raises(PairsTableError, match=complaint.replace("(", r"\(").replace(")", r"\)")) as raised:
@@ -177,8 +177,8 @@ def test_a_table_that_cannot_be_used_stops_before_anything_runs(tmp_path, table,
 
 
 def test_rows_resolve_paths_beside_the_table_and_keep_quoted_clicks(tmp_path):
-    from PromptRegLib.batch import read_pairs
-    from PromptRegLib.batch.task import options_of, prompts_of
+    from PromptRegLib.apps.batch import read_pairs
+    from PromptRegLib.apps.batch.task import options_of, prompts_of
 
     (tmp_path / "pairs.csv").write_text('id,fixed,moving,prompts,auto_pairs,transform\n'
                                         's01,atlas.nrrd,scans/s01.nrrd,"1,2,3;4,5,6",,affine\n'
@@ -193,7 +193,7 @@ def test_rows_resolve_paths_beside_the_table_and_keep_quoted_clicks(tmp_path):
 
 
 def test_a_large_cohort_is_summarised_as_distributions(tmp_path):
-    from PromptRegLib.batch.summary import MAX_BARS, read_summary, write_summary
+    from PromptRegLib.apps.batch.summary import MAX_BARS, read_summary, write_summary
 
     rng = np.random.default_rng(0)
     records = [{"id": f"s{i:03d}", "status": "done" if i % 7 else "failed", "exit_code": 0 if i % 7 else 7,

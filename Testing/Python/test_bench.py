@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from PromptRegLib.bench import (CORRECTION_DRAG_MM, Limits, _markdown, correction_seconds, draw_click_sets,
+from PromptRegLib.apps.bench import (CORRECTION_DRAG_MM, Limits, _markdown, correction_seconds, draw_click_sets,
                                 grid_for_spacing, landmark_pixels, load_cases, prepare_case, read_homography,
                                 run_guarded, score, second_click_seconds, summarise_click_runs)
 from PromptRegLib.errors import InputImageError
@@ -29,7 +29,7 @@ def test_shipped_cases_load_and_identity_scores_match_the_data_readme(cases):
 
 def test_every_shipped_click_lies_inside_its_fixed_image(cases):
     """aerial_synth once shipped a click below its photograph (pixel row 520 of 480): the run failed before work."""
-    from PromptRegLib.imageio import ras_to_lps, read_image
+    from PromptRegLib.core.image import ras_to_lps, read_image
 
     for case in cases.values():
         if case.derived_from:
@@ -242,7 +242,7 @@ def test_a_second_click_is_timed_on_the_runs_own_encoded_views(cases, monkeypatc
     rejects its re-paired click, and the fallback's 8 sampled pairs took 254 s)."""
     from PromptRegLib.prompting import pairs as pairs_module
     from PromptRegLib.prompting.pairs import PairOptions
-    from PromptRegLib.registration import register
+    from PromptRegLib.pipeline.registration import register
 
     searched = []
 
@@ -267,9 +267,9 @@ def test_a_second_click_is_timed_on_the_runs_own_encoded_views(cases, monkeypatc
 
 
 def test_a_prompt_y_correction_is_timed_on_the_runs_own_views_and_changes_the_pair_and_transform(cases):
-    from PromptRegLib.fit import FitOptions
+    from PromptRegLib.transform.fit import FitOptions
     from PromptRegLib.prompting.pairs import PairOptions
-    from PromptRegLib.registration import register
+    from PromptRegLib.pipeline.registration import register
 
     case = cases["ctchest4_2d"]
     result = register(case.path(case.fixed), case.path(case.moving), case.prompts_ras[:2], model="test-patches",

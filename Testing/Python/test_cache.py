@@ -90,7 +90,7 @@ def test_clear_empties_memory_and_disk(tmp_path):
 
 
 def test_cache_command_tells_and_clears(tmp_path, monkeypatch, capsys):
-    from PromptRegLib.cli import main
+    from PromptRegLib.apps.cli import main
 
     monkeypatch.setenv("PROMPTREG_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("PROMPTREG_EXPORTS", str(tmp_path / "exported"))

@@ -4,7 +4,7 @@ import hashlib
 import pytest
 import slicerio
 
-from PromptRegLib.cli import main
+from PromptRegLib.apps.cli import main
 
 LUNG_2D = "-315.0,-399.2"
 
@@ -105,8 +105,8 @@ def test_pixel_prompts_are_the_same_clicks_as_their_physical_points(tmp_path):
     import numpy as np
     import SimpleITK as sitk
 
-    from PromptRegLib.imageio import Image, lps_to_ras
-    from PromptRegLib.registration import pixel_to_lps
+    from PromptRegLib.core.image import Image, lps_to_ras
+    from PromptRegLib.pipeline.registration import pixel_to_lps
 
     image = sitk.Image([80, 30], sitk.sitkFloat32)
     image.SetSpacing([0.357, 0.5])

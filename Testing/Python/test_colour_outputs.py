@@ -4,11 +4,11 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from PromptRegLib.fit import FitOptions
-from PromptRegLib.imageio import read_image
-from PromptRegLib.outputs import warp_image, write_registration
+from PromptRegLib.transform.fit import FitOptions
+from PromptRegLib.core.image import read_image
+from PromptRegLib.io.outputs import warp_image, write_registration
 from PromptRegLib.prompting.pairs import PairOptions
-from PromptRegLib.registration import register
+from PromptRegLib.pipeline.registration import register
 
 LEFT_LUNG = [(-315.0, -399.2)]
 

@@ -10,12 +10,12 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from PromptRegLib.cli import main
+from PromptRegLib.apps.cli import main
 from PromptRegLib.errors import Cancelled, CheckpointError, InputImageError, PromptError
-from PromptRegLib.imageio import Image
+from PromptRegLib.core.image import Image
 from PromptRegLib.models import load_model
 from PromptRegLib.models.cache import EmbeddingCache
-from PromptRegLib.registration import register
+from PromptRegLib.pipeline.registration import register
 from PromptRegLib.views.cubes import CubeView, _refine_peak
 
 

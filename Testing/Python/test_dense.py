@@ -7,13 +7,13 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from PromptRegLib.dense import FeatureLoss, FeaturePair, principal_basis, project, sample, sampled_vectors
-from PromptRegLib.fit import grid_points_lps, working_reference
-from PromptRegLib.imageio import Image
+from PromptRegLib.transform.features import FeatureLoss, FeaturePair, principal_basis, project, sample, sampled_vectors
+from PromptRegLib.transform.fit import grid_points_lps, working_reference
+from PromptRegLib.core.image import Image
 from PromptRegLib.models import load_model
 from PromptRegLib.models.cache import EmbeddingCache
 from PromptRegLib.views import make_views
-from PromptRegLib.views.grid import Grid
+from PromptRegLib.core.grid import Grid
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -2,9 +2,9 @@
 import numpy as np
 import SimpleITK as sitk
 
-from PromptRegLib.fit import FitOptions, closed_form_affine, fit_transform, jacobian_determinant
-from PromptRegLib.imageio import Image
-from PromptRegLib.metrics import folding_fraction
+from PromptRegLib.transform.fit import FitOptions, closed_form_affine, fit_transform, jacobian_determinant
+from PromptRegLib.core.image import Image
+from PromptRegLib.transform.metrics import folding_fraction
 
 
 def grid_image(shape=(40, 48, 44), spacing=(2.0, 2.0, 3.0)) -> Image:
@@ -15,7 +15,7 @@ def grid_image(shape=(40, 48, 44), spacing=(2.0, 2.0, 3.0)) -> Image:
 
 
 def ellipsoid(image: Image, centre_lps, radii_mm) -> np.ndarray:
-    from PromptRegLib.fit import grid_points_lps
+    from PromptRegLib.transform.fit import grid_points_lps
     points = grid_points_lps(image)
     inside = (((points - np.array(centre_lps)) / np.array(radii_mm)) ** 2).sum(1) <= 1
     return inside.reshape(image.array.shape)
@@ -99,7 +99,7 @@ def test_thin_slab_masks_fit_without_error():
 
 
 def test_a_large_rotation_the_pairs_do_not_demand_is_refused():
-    from PromptRegLib.fit import plausible_affine, rotation_angle_deg, rotation_demanded
+    from PromptRegLib.transform.fit import plausible_affine, rotation_angle_deg, rotation_demanded
 
     angle = np.deg2rad(60.0)
     rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
@@ -115,7 +115,7 @@ def test_a_patient_turned_on_their_side_is_fitted_from_the_pairs_centres_or_the_
     """Prompt-based initialisation (issue N): regions turned 90° about S. Four pairs' centres demand the turn; three
     cannot (three points always lie in one plane, and turning it over swaps mirror-image neighbours), but start from a
     turn found before prompting; the boxes are compared along the turned axes and the affine fit keeps the turn."""
-    from PromptRegLib.fit import initial_affine
+    from PromptRegLib.transform.fit import initial_affine
 
     image = grid_image()
     centre = image.physical_center()

@@ -5,10 +5,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from PromptRegLib.imageio import Image, lps_to_ras, ras_to_lps
+from PromptRegLib.core.image import Image, lps_to_ras, ras_to_lps
 from PromptRegLib.models.base import SliceGeometry
 from PromptRegLib.views import make_views
-from PromptRegLib.views.grid import SLICE_AXES_LPS, Grid, covering_grid, slicing_axis_lps
+from PromptRegLib.core.grid import SLICE_AXES_LPS, Grid, covering_grid, slicing_axis_lps
 
 
 def oblique_image(size=(20, 30, 7), spacing=(0.3, 0.3, 7.0), angle=0.4) -> Image:

@@ -4,7 +4,7 @@ import pytest
 import SimpleITK as sitk
 
 from PromptRegLib.errors import InputImageError
-from PromptRegLib.imageio import read_image, require_same_dimension, tidy_direction
+from PromptRegLib.core.image import read_image, require_same_dimension, tidy_direction
 
 
 def write(tmp_path, array, name="image.nrrd", spacing=None):

@@ -6,10 +6,10 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from PromptRegLib.dense import FeatureLoss, FeaturePair
-from PromptRegLib.fit import MIN_DESCRIPTOR_CORRELATION, FitOptions, fit_transform, grid_points_lps, working_reference
-from PromptRegLib.imageio import Image
-from PromptRegLib.mind import describe, descriptor_grid, mind_ssc
+from PromptRegLib.transform.features import FeatureLoss, FeaturePair
+from PromptRegLib.transform.fit import MIN_DESCRIPTOR_CORRELATION, FitOptions, fit_transform, grid_points_lps, working_reference
+from PromptRegLib.core.image import Image
+from PromptRegLib.transform.mind import describe, descriptor_grid, mind_ssc
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

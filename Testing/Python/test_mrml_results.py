@@ -245,7 +245,7 @@ def test_the_history_keeps_each_result_folder_until_discarded(flow):
 
 def test_a_correction_naming_an_unknown_pair_is_a_clear_error(flow, tmp_path):
     from PromptRegLib.errors import InputImageError
-    from PromptRegLib.refit import refit_from_outputs
+    from PromptRegLib.pipeline.refit import refit_from_outputs
 
     with pytest.raises(InputImageError, match="no pair named 'Prompt 9'"):
         refit_from_outputs(flow["first"]["outputs"], tmp_path / "out", prompt_y_ras={"Prompt 9": [0.0, 0.0, 0.0]})
@@ -267,8 +267,8 @@ def test_a_colour_warped_image_loads_as_a_colour_volume_replacing_a_grey_output_
 def test_a_volume_slicer_loaded_from_a_photograph_keeps_having_no_units_through_the_worker(tmp_path):
     """Slicer exports its volumes as NRRD for the worker; the request names the files they came from, so a slide
     loaded from a JPEG is still registered as a photograph (lengths scaled, pixel grids corresponding; issue K)."""
-    from PromptRegLib.lengths import has_physical_units
-    from PromptRegLib.worker import _input_image
+    from PromptRegLib.core.lengths import has_physical_units
+    from PromptRegLib.apps.worker import _input_image
 
     slicer.mrmlScene = slicer.vtkMRMLScene()
     array = (np.random.default_rng(0).random((40, 50)) * 255).astype(np.uint8)

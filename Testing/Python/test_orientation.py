@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from PromptRegLib.bench import moving_rotation, rotate_physically
-from PromptRegLib.dense import feature_pair
-from PromptRegLib.imageio import Image, read_image
+from PromptRegLib.apps.bench import moving_rotation, rotate_physically
+from PromptRegLib.transform.features import feature_pair
+from PromptRegLib.core.image import Image, read_image
 from PromptRegLib.prompting.inverse import AffinePrior, expected_half_extent
 from PromptRegLib.prompting.orientation import found_turn, orientation_prior, turn_matrix
 from PromptRegLib.prompting.pairs import initial_prior

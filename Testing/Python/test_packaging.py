@@ -3,7 +3,7 @@
 No Slicer can be installed here: ``PromptReg/Testing/CMakeStandIn`` provides Slicer's and CTK's macros as
 written from their documented contract (see its header). CMake configures, builds and installs the
 extension into a temporary prefix; the checks then read the installed tree, and import ``PromptReg`` and
-``PromptRegLib.worker`` from that tree alone (a subprocess without site processing, so neither the
+``PromptRegLib.apps.worker`` from that tree alone (a subprocess without site processing, so neither the
 editable install nor the repository is on its path).
 """
 import json
@@ -94,10 +94,10 @@ IMPORT_FROM_TREE = textwrap.dedent("""
     wrapper.parameterNodeWrapper = lambda cls: cls
     sys.modules["slicer.parameterNodeWrapper"] = wrapper
     import PromptReg
-    import PromptRegLib.worker, PromptRegLib.worker_client, PromptRegLib.refit
+    import PromptRegLib.apps.worker, PromptRegLib.apps.worker_client, PromptRegLib.pipeline.refit
     import PromptRegSlicer.example
     print(json.dumps({"files": {name: sys.modules[name].__file__ for name in
-                                ("PromptReg", "PromptRegSlicer.mrml", "PromptRegLib", "PromptRegLib.worker")},
+                                ("PromptReg", "PromptRegSlicer.mrml", "PromptRegLib", "PromptRegLib.apps.worker")},
                       "logic": type(PromptReg.PromptRegLogic()).__name__}))
 """)
 
@@ -115,11 +115,11 @@ def test_module_and_worker_import_from_the_installed_tree_alone(installed, tmp_p
 
 
 def test_worker_runs_from_the_installed_tree(installed, tmp_path):
-    """``python -m PromptRegLib.worker`` as the module starts it, with only the tree on PYTHONPATH."""
+    """``python -m PromptRegLib.apps.worker`` as the module starts it, with only the tree on PYTHONPATH."""
     tree, _ = installed
     (tmp_path / "request.json").write_text(json.dumps({"request": "refit", "output_dir": str(tmp_path / "out")}))
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree), sysconfig.get_paths()["purelib"]])}
-    done = subprocess.run([sys.executable, "-S", "-m", "PromptRegLib.worker", str(tmp_path / "request.json")],
+    done = subprocess.run([sys.executable, "-S", "-m", "PromptRegLib.apps.worker", str(tmp_path / "request.json")],
                           capture_output=True, text=True, env=environment, cwd=tmp_path)
     last = json.loads(done.stdout.strip().splitlines()[-1])
     assert done.returncode == 2 and last["type"] == "error" and "pairs_from" in last["message"], done.stderr

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from PromptRegLib.fit import FitOptions
-from PromptRegLib.imageio import Image, read_image
-from PromptRegLib.lengths import REFERENCE_FIELD_OF_VIEW_MM, has_physical_units, length_scale
-from PromptRegLib.presets import resolve_options
+from PromptRegLib.transform.fit import FitOptions
+from PromptRegLib.core.image import Image, read_image
+from PromptRegLib.core.lengths import REFERENCE_FIELD_OF_VIEW_MM, has_physical_units, length_scale
+from PromptRegLib.pipeline.presets import resolve_options
 from PromptRegLib.prompting.pairs import PairOptions, background_level, foreground_mask
 from PromptRegLib.views import SliceOptions, make_views
 
@@ -87,7 +87,7 @@ def test_photographs_of_other_pixel_sizes_correspond_through_their_pixel_grids(t
     """aerial_synth: the fixed JPEG says 0.345 mm a pixel, the moving PNG 1 mm, for the same scene. Neither is a
     physical statement: the model sees both at one scale, the search starts from pixel ↔ pixel, and a region and
     the fit are judged as the fixed image measures them."""
-    from PromptRegLib.fit import initial_affine
+    from PromptRegLib.transform.fit import initial_affine
     from PromptRegLib.prompting.inverse import region_quality
     from PromptRegLib.prompting.pairs import initial_prior
     from PromptRegLib.views import ROI

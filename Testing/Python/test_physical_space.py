@@ -13,11 +13,11 @@ import torch
 
 from PromptRegLib import register
 from PromptRegLib.errors import InputImageError
-from PromptRegLib.fit import FitOptions
-from PromptRegLib.imageio import Image, read_image
+from PromptRegLib.transform.fit import FitOptions
+from PromptRegLib.core.image import Image, read_image
 from PromptRegLib.models.cache import EmbeddingCache
 from PromptRegLib.views import make_views
-from PromptRegLib.views.grid import Grid, slicing_axis_lps
+from PromptRegLib.core.grid import Grid, slicing_axis_lps
 
 FAST_FIT = FitOptions(working_voxels=20_000, control_spacing_mm=(60.0,), max_iterations=150)
 #: LPS centres (mm), radii (mm) and intensities of the phantom's blobs; the body is an ellipsoid around them

@@ -1,7 +1,7 @@
 """Mask operations in physical units (views/regions.py)."""
 import numpy as np
 
-from PromptRegLib.views.regions import dilate_mm, ring
+from PromptRegLib.core.regions import dilate_mm, ring
 
 
 def test_dilation_grows_a_box_of_the_radius_in_millimetres_along_each_axis():

@@ -9,12 +9,12 @@ import SimpleITK as sitk
 from conftest import digest
 
 from PromptRegLib import register
-from PromptRegLib.bench import score
+from PromptRegLib.apps.bench import score
 from PromptRegLib.errors import Cancelled
-from PromptRegLib.fit import FitOptions
-from PromptRegLib.outputs import write_registration
+from PromptRegLib.transform.fit import FitOptions
+from PromptRegLib.io.outputs import write_registration
 from PromptRegLib.prompting.pairs import PairOptions
-from PromptRegLib.registration import refit_transform
+from PromptRegLib.pipeline.registration import refit_transform
 
 
 def test_3d_registration_recovers_the_known_deformation(registered_3d):
@@ -61,8 +61,8 @@ def test_known_pairs_from_the_cli_register_as_well_as_inverse_prompting(register
     refinement keep it to a third of the time. Measured with all three clicks and the full default fit: TRE
     2.656 mm with the true Prompt Y against 2.653 mm with inverse prompting — the search already finds these
     regions; what is left is the fit's."""
-    from PromptRegLib.cli import main
-    from PromptRegLib.imageio import lps_to_ras, ras_to_lps
+    from PromptRegLib.apps.cli import main
+    from PromptRegLib.core.image import lps_to_ras, ras_to_lps
 
     case, result, output, *_ = registered_3d
     truth = sitk.ReadTransform(case.path(case.truth_transform))

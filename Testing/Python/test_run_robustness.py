@@ -7,11 +7,11 @@ import SimpleITK as sitk
 import torch
 
 from PromptRegLib.errors import Cancelled
-from PromptRegLib.imageio import read_image
+from PromptRegLib.core.image import read_image
 from PromptRegLib.prompting.pairs import PairOptions
-from PromptRegLib.registration import register
+from PromptRegLib.pipeline.registration import register
 from PromptRegLib.views import make_view
-from PromptRegLib.worker_client import WorkerRun
+from PromptRegLib.apps.worker_client import WorkerRun
 
 
 def quick_options() -> PairOptions:

@@ -5,10 +5,10 @@ import numpy as np
 import SimpleITK as sitk
 import pytest
 
-from PromptRegLib.imageio import ras_to_lps, read_image
+from PromptRegLib.core.image import ras_to_lps, read_image
 from PromptRegLib.prompting.pairs import segment_prompts
 from PromptRegLib.views import make_view
-from PromptRegLib.views.regions import dice
+from PromptRegLib.core.regions import dice
 
 # clicks (RAS mm) inside the left lung (label 6), right lung (5) and the body (tissue, 7)
 CLICKS_3D = {6: (-71.2, -33.6, -140.2), 5: (75.0, -33.6, -140.2), 7: (1.9, -3.1, -290.2)}

@@ -14,10 +14,10 @@ import pytest
 import SimpleITK as sitk
 
 from PromptRegLib import register
-from PromptRegLib.fit import FitOptions
-from PromptRegLib.imageio import Image
+from PromptRegLib.transform.fit import FitOptions
+from PromptRegLib.core.image import Image
 from PromptRegLib.prompting.pairs import PairOptions
-from PromptRegLib.views.regions import dice
+from PromptRegLib.core.regions import dice
 from PromptRegLib.views.slices import SliceOptions
 
 LUNG_CLICKS_RAS = [(-71.2, -33.6, -140.2), (75.0, -33.6, -140.2)]

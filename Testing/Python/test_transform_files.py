@@ -7,9 +7,9 @@ import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from PromptRegLib.fit import FittedTransform
-from PromptRegLib.imageio import Image
-from PromptRegLib.outputs import write_transform
+from PromptRegLib.transform.fit import FittedTransform
+from PromptRegLib.core.image import Image
+from PromptRegLib.io.outputs import write_transform
 
 
 def rotation(angles) -> np.ndarray:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from PromptRegLib.worker_client import WorkerRun
+from PromptRegLib.apps.worker_client import WorkerRun
 
 
 def request_2d(ct_case, **extra):
@@ -120,7 +120,7 @@ def test_cancel_stops_the_whole_process_tree_within_two_seconds(ct_case, cache_d
 def test_sigterm_makes_the_worker_clean_up_its_staging(ct_case, cache_dir, tmp_path):
     request = {**request_2d(ct_case, auto_pairs=6, warps=2), "output_dir": str(tmp_path / "out")}
     (tmp_path / "request.json").write_text(json.dumps(request))
-    process = subprocess.Popen([sys.executable, "-m", "PromptRegLib.worker", str(tmp_path / "request.json")],
+    process = subprocess.Popen([sys.executable, "-m", "PromptRegLib.apps.worker", str(tmp_path / "request.json")],
                                stdout=subprocess.PIPE, text=True)
     for line in process.stdout:
         if json.loads(line).get("stage") == "inverse prompting":
@@ -134,7 +134,7 @@ def test_sigterm_makes_the_worker_clean_up_its_staging(ct_case, cache_dir, tmp_p
 
 def test_bad_request_is_a_clear_error(tmp_path):
     (tmp_path / "request.json").write_text(json.dumps({"fixed": "a.nrrd"}))
-    run = subprocess.run([sys.executable, "-m", "PromptRegLib.worker", str(tmp_path / "request.json")],
+    run = subprocess.run([sys.executable, "-m", "PromptRegLib.apps.worker", str(tmp_path / "request.json")],
                          capture_output=True, text=True)
     assert run.returncode == 2
     last = json.loads(run.stdout.strip().splitlines()[-1])

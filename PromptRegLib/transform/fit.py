@@ -1,6 +1,6 @@
 """Paired ROIs → a dense transform mapping fixed points to moving points (LPS mm).
 
-Every mask comes with its own geometry (an :class:`~PromptRegLib.imageio.Image`: a view's working grid, or the
+Every mask comes with its own geometry (an :class:`~PromptRegLib.core.image.Image`: a view's working grid, or the
 image's own grid), and every correspondence is physical: centroids and the corners of each region's bounding box
 along the LPS axes, never points matched by array index.
 
@@ -11,9 +11,9 @@ Stages (all in physical units, spacing- and direction-aware):
 3. deformable: a displacement on a coarse control grid (upsampled linearly to the image), optimised with
    Adam on (1 − mean per-pair soft Dice) + λ·bending energy, coarse to fine, stopping on convergence.
 The mean of per-pair Dice (not one pooled Dice) lets small structures count. Given the model's features of both
-images (:class:`~PromptRegLib.dense.FeaturePair`), stages 2 and 3 also minimise ``feature_weight`` × (1 − mean
-feature cosine) over the fixed anatomy (dense refinement, :mod:`PromptRegLib.dense`), and ``descriptor_weight`` ×
-(1 − mean correlation) of the images' MIND-SSC descriptors (:mod:`PromptRegLib.mind`), which see edges at image
+images (:class:`~PromptRegLib.transform.features.FeaturePair`), stages 2 and 3 also minimise ``feature_weight`` × (1 − mean
+feature cosine) over the fixed anatomy (dense refinement, :mod:`PromptRegLib.transform.features`), and ``descriptor_weight`` ×
+(1 − mean correlation) of the images' MIND-SSC descriptors (:mod:`PromptRegLib.transform.mind`), which see edges at image
 resolution where the features see organs — in the deformable stage only: edges capture a few millimetres, and on
 an affine still to be placed they pull towards whichever edge is nearest.
 """
@@ -26,11 +26,11 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from .errors import Cancelled
-from .imageio import Image, tidy_direction
-from .lengths import pixel_scale
+from ..errors import Cancelled
+from ..core.image import Image, tidy_direction
+from ..core.lengths import pixel_scale
 from .metrics import folding_fraction
-from .views.grid import Grid
+from ..core.grid import Grid
 
 
 @dataclass
@@ -359,7 +359,7 @@ def initial_affine(fixed_masks: list[Image], moving_masks: list[Image], weights:
     beyond ``max_rotation_deg`` that the centres do not demand means inconsistent pairs: the mean shift is kept.
     ``turn``: a rotation found before prompting (:mod:`PromptRegLib.prompting.orientation`), the start when the
     pairs are too few to fix one themselves. ``scale``: moving mm per fixed mm expected before any pair (photographs
-    of other pixel sizes, :func:`~PromptRegLib.lengths.pixel_scale`): the moving points are judged divided by it."""
+    of other pixel sizes, :func:`~PromptRegLib.core.lengths.pixel_scale`): the moving points are judged divided by it."""
     if scale != 1.0:
         matrix, offset, how = initial_affine(fixed_masks, [_scaled(m, 1.0 / scale) for m in moving_masks], weights,
                                              max_rotation_deg, turn)
@@ -395,7 +395,7 @@ def fit_transform(fixed: Image, moving: Image, fixed_masks: list[np.ndarray | Im
 
     ``fixed`` gives the domain the transform is defined on (the fixed image's grid); masks are Images with their
     own geometry, or numpy masks on ``fixed``'s / ``moving``'s grid. ``features`` (a
-    :class:`~PromptRegLib.dense.FeaturePair`) adds the dense feature term, weighted by ``options.feature_weight``;
+    :class:`~PromptRegLib.transform.features.FeaturePair`) adds the dense feature term, weighted by ``options.feature_weight``;
     ``turn`` starts the affine from a rotation found before prompting (see :func:`initial_affine`); ``start`` (the
     transform being corrected, one pair changed) starts the affine there and the finest control level from its
     field, skipping the coarse levels."""
@@ -415,7 +415,7 @@ def fit_transform(fixed: Image, moving: Image, fixed_masks: list[np.ndarray | Im
     points = pair_loss.points
     feature_loss = descriptor_loss = None
     if features is not None and options.feature_weight > 0:
-        from .dense import FeatureLoss
+        from .features import FeatureLoss
         feature_loss = FeatureLoss(features, reference, points)
         if features.descriptors is not None and options.descriptor_weight > 0:
             descriptor_loss = FeatureLoss(features.descriptors, reference, points)

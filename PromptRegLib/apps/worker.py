@@ -1,4 +1,4 @@
-"""The background worker: ``python -m PromptRegLib.worker request.json``.
+"""The background worker: ``python -m PromptRegLib.apps.worker request.json``.
 
 Reads a request (JSON), runs segmentation pairs, a registration or a refit, and prints one JSON object per
 line on stdout: ``{"type": "progress", "stage", "fraction"}``, ``{"type": "result", "output_dir", "files",
@@ -26,7 +26,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from .errors import PromptRegError
+from ..errors import PromptRegError
 
 BAD_REQUEST = 2
 REQUIRED = {"register": ("fixed", "moving", "output_dir"), "refit": ("pairs_from", "output_dir")}
@@ -55,7 +55,7 @@ def read_request(path: str) -> dict:
 
 
 def fit_options_from(request: dict):
-    from .fit import FitOptions
+    from ..transform.fit import FitOptions
 
     fit_options = FitOptions(transform=request.get("transform", "deformable"))
     if request.get("bending") is not None:
@@ -81,8 +81,8 @@ def _result(output_dir: Path, refit: bool = False) -> dict:
 
 def _input_image(path: str, original_file: str | None):
     """The exported input; a volume Slicer loaded from a photograph (``original_file``) keeps having no units."""
-    from .imageio import read_image
-    from .lengths import is_photo_file
+    from ..core.image import read_image
+    from ..core.lengths import is_photo_file
 
     image = read_image(path)
     if original_file:
@@ -91,9 +91,9 @@ def _input_image(path: str, original_file: str | None):
 
 
 def run_registration(request: dict, cancelled) -> dict:
-    from .outputs import read_markups, write_registration
-    from .prompting.pairs import PairOptions
-    from .registration import register
+    from ..io.outputs import read_markups, write_registration
+    from ..prompting.pairs import PairOptions
+    from ..pipeline.registration import register
 
     prompts = list(request.get("prompts_ras") or [])
     if request.get("prompts_file"):
@@ -111,7 +111,7 @@ def run_registration(request: dict, cancelled) -> dict:
 
 
 def run_refit(request: dict, cancelled) -> dict:
-    from .refit import refit_from_outputs
+    from ..pipeline.refit import refit_from_outputs
 
     output_dir = refit_from_outputs(request["pairs_from"], request["output_dir"], request.get("reject_pairs") or [],
                                     fit_options_from(request), fixed=request.get("fixed"),
@@ -125,7 +125,7 @@ def main(argv=None) -> int:
     cancel_requested = []
     signal.signal(signal.SIGTERM, lambda *_: cancel_requested.append(True))
     if len(argv) != 1:
-        emit("error", message="usage: python -m PromptRegLib.worker request.json", exit_code=BAD_REQUEST)
+        emit("error", message="usage: python -m PromptRegLib.apps.worker request.json", exit_code=BAD_REQUEST)
         return BAD_REQUEST
     try:
         request = read_request(argv[0])

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .imageio import Image
+from .image import Image
 
 #: file types whose spacing is not a physical statement (a print resolution, or none at all)
 PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import fields, replace
 
-from .errors import PromptError
+from ..errors import PromptError
 
 PRESETS = ("quick", "default", "accurate")
 
@@ -35,8 +35,8 @@ def _fill(options, defaults, changes: dict):
 
 def apply_preset(name: str | None, dimension: int, pair_options, fit_options):
     """(PairOptions, FitOptions) of preset ``name`` (None: unchanged), leaving every option the caller set as it is."""
-    from .fit import FitOptions
-    from .prompting.pairs import PairOptions
+    from ..transform.fit import FitOptions
+    from ..prompting.pairs import PairOptions
 
     if name is None:
         return pair_options, fit_options
@@ -48,11 +48,11 @@ def apply_preset(name: str | None, dimension: int, pair_options, fit_options):
 
 def resolve_options(preset: str | None, fixed_image, pair_options, fit_options, slice_options=None):
     """(PairOptions, FitOptions, SliceOptions) a run uses: the preset's, then every length the caller left at its
-    default scaled to the fixed image's field of view where it has no physical units (:mod:`~PromptRegLib.lengths`)."""
-    from .fit import FitOptions
-    from .lengths import length_scale, scale_lengths
-    from .prompting.pairs import PairOptions
-    from .views import SliceOptions
+    default scaled to the fixed image's field of view where it has no physical units (:mod:`~PromptRegLib.core.lengths`)."""
+    from ..transform.fit import FitOptions
+    from ..core.lengths import length_scale, scale_lengths
+    from ..prompting.pairs import PairOptions
+    from ..views import SliceOptions
 
     dimension = fixed_image.dimension
     pair_options, fit_options = apply_preset(preset, dimension, pair_options, fit_options)

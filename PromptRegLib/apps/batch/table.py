@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import PromptRegError
+from ...errors import PromptRegError
 
 REQUIRED_COLUMNS = ("id", "fixed", "moving")
 OPTION_COLUMNS = ("model", "checkpoint", "device", "transform", "auto_pairs", "warps", "bending", "feature_weight",

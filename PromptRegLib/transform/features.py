@@ -4,12 +4,12 @@ The encoder features of both images — already computed for prompting — descr
 depend on the modality (SAM's encoder was the best frozen registration feature among the foundation models
 compared by Gu et al., arXiv 2507.11569). After the ROI pairs have placed the images, the fit refines the
 deformation on the cosine between fixed features and moving features sampled through φ, jointly with the
-ROI-pair overlap and the bending regulariser (:func:`PromptRegLib.fit.fit_transform`).
+ROI-pair overlap and the bending regulariser (:func:`PromptRegLib.transform.fit.fit_transform`).
 
 Features are unit-normalised per location, centred and projected on a basis shared by both images (principal
 components of samples from both, so the optimiser handles a few dozen channels instead of hundreds), and
 compared at the fixed image's anatomy (its foreground, grown by one feature cell). Every position is physical:
-each feature volume carries its grid (:class:`~PromptRegLib.views.grid.Grid`), and samples are taken at LPS
+each feature volume carries its grid (:class:`~PromptRegLib.core.grid.Grid`), and samples are taken at LPS
 points.
 """
 from __future__ import annotations
@@ -21,8 +21,8 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from .imageio import Image
-from .views.grid import Grid
+from ..core.image import Image
+from ..core.grid import Grid
 
 
 @dataclass
@@ -72,7 +72,7 @@ def project(values: torch.Tensor, mean: torch.Tensor, basis: torch.Tensor, chunk
 def feature_pair(fixed_view, moving_view, channels: int = 24, descriptors: bool = False) -> FeaturePair | None:
     """The projected features of both views (encoding the slices not yet encoded); None where a view has none.
     With ``descriptors``, also both images' MIND-SSC (:func:`descriptor_pair`)."""
-    from .prompting.pairs import foreground_mask
+    from ..prompting.pairs import foreground_mask
 
     generator, vectors, grids = torch.Generator().manual_seed(0), [], []
     for view in (fixed_view, moving_view):  # one raw volume in memory at a time (~300 MB on a clinical grid)
@@ -96,8 +96,8 @@ def descriptor_pair(fixed_view, moving_view, foreground: Image) -> FeaturePair:
     """MIND-SSC of both views' windowed images, each on an isotropic grid along the fixed view's axes; the moving
     grid's spacing is the fixed one's in the moving image's units (photographs of other pixel sizes)."""
     from .mind import describe, descriptor_grid
-    from .views.grid import covering_grid
-    from .views.slices import windowed
+    from ..core.grid import covering_grid
+    from ..views.slices import windowed
 
     direction = fixed_view.grid.direction
     finest = float(fixed_view.grid.spacing[0])
@@ -130,7 +130,7 @@ class FeatureLoss:
     """1 − mean cosine between fixed features and moving features sampled through φ, over the fixed anatomy.
 
     Built for the fit's working ``reference`` grid: :meth:`loss` takes the moved positions of all its voxels
-    (in the order of :func:`PromptRegLib.fit.grid_points_lps`). Moving samples outside the moving image count
+    (in the order of :func:`PromptRegLib.transform.fit.grid_points_lps`). Moving samples outside the moving image count
     as dissimilar (cosine 0)."""
 
     def __init__(self, pair: FeaturePair, reference: Image, points: torch.Tensor, max_points: int = MAX_POINTS):

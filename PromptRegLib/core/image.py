@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InputImageError, MemoryLimitError
+from ..errors import InputImageError, MemoryLimitError
 
 #: Refuse inputs above this many voxels (about 4 GB as float32) unless PROMPTREG_MAX_VOXELS says otherwise.
 DEFAULT_MAX_VOXELS = 1_000_000_000
@@ -65,7 +65,7 @@ class Image:
     def __init__(self, sitk_image: sitk.Image, source: str = "<memory>", physical_units: bool | None = None):
         self.sitk_image = sitk_image
         self.source = source
-        self.physical_units = physical_units  # None: judged from the file type (see PromptRegLib.lengths)
+        self.physical_units = physical_units  # None: judged from the file type (see PromptRegLib.core.lengths)
         self._array: np.ndarray | None = None
 
     @property

@@ -22,7 +22,7 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..errors import Cancelled, OutputError, PromptRegError
+from ...errors import Cancelled, OutputError, PromptRegError
 from .summary import read_summary, write_summary
 from .table import PairRow, read_pairs
 from .task import DETERMINISTIC_EXIT_CODES, encode_fixed, register_row
@@ -48,10 +48,10 @@ def _import_dask():
 
 
 def estimated_bytes(row: PairRow) -> int:
-    """Memory one pair needs at its peak, from the images' headers (as :func:`~PromptRegLib.imageio.check_memory`)."""
+    """Memory one pair needs at its peak, from the images' headers (as :func:`~PromptRegLib.core.image.check_memory`)."""
     import SimpleITK as sitk
 
-    from ..imageio import BYTES_PER_VOXEL, FIXED_OVERHEAD_BYTES
+    from ...core.image import BYTES_PER_VOXEL, FIXED_OVERHEAD_BYTES
 
     voxels = 0
     for path in (row.fixed, row.moving):
@@ -80,7 +80,7 @@ def local_cluster_size(rows: list[PairRow], workers: int | None, threads: int) -
     the largest pair needs, never more than there are pairs."""
     import psutil
 
-    from ..imageio import available_memory_bytes
+    from ...core.image import available_memory_bytes
 
     available = available_memory_bytes() or psutil.virtual_memory().available
     need = max(estimated_bytes(row) for row in rows)

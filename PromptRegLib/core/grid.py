@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
-from ..imageio import Image
+from .image import Image
 
 #: Canonical orientation of slices along each LPS axis, as LPS directions of (column, row, slice): the axes of a
 #: RAS+ volume (MONAI's ``Orientationd("RAS")``, nibabel's canonical), sliced as numpy slices such an array —

@@ -32,9 +32,9 @@ from typing import Callable
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InputImageError, PromptRegError
-from .imageio import lps_to_ras, ras_to_lps
-from .progress import ProgressBar
+from ...errors import InputImageError, PromptRegError
+from ...core.image import lps_to_ras, ras_to_lps
+from ..progress import ProgressBar
 
 DEFAULT_TIMEOUT_S = 1800.0
 DEFAULT_AUTO_PAIRS = 8
@@ -95,7 +95,7 @@ def _resolve_derived(fields: dict, by_name: dict[str, dict], seen: tuple[str, ..
 def load_cases(data_dir: str | Path, extra_dir: str | Path | None = None) -> list[Case]:
     """Cases whose files exist under ``data_dir`` (the shipped ones, plus any JSON in ``extra_dir``)."""
     data_dir = Path(data_dir)
-    files = sorted(resources.files("PromptRegLib.cases").iterdir(), key=lambda f: f.name)
+    files = sorted(resources.files("PromptRegLib.apps.bench.cases").iterdir(), key=lambda f: f.name)
     if extra_dir:
         files += sorted(Path(extra_dir).glob("*.json"))
     all_fields = [json.loads(f.read_text()) for f in files if f.name.endswith(".json")]
@@ -226,7 +226,7 @@ def landmark_pixels(case: Case) -> tuple[np.ndarray, np.ndarray]:
 def landmark_errors_px(case: Case, transform: sitk.Transform | None) -> np.ndarray:
     """Per landmark: fixed pixel → fixed physical → transform → moving physical → moving pixel, distance (pixels)
     to the moving landmark. Each image's own spacing, origin and direction apply; ``None`` is the identity."""
-    from .metrics import transform_points
+    from ...transform.metrics import transform_points
 
     fixed_image, moving_image = _read_2d(case.path(case.fixed)), _read_2d(case.path(case.moving))
     fixed_px, moving_px = landmark_pixels(case)
@@ -239,7 +239,7 @@ def landmark_errors_px(case: Case, transform: sitk.Transform | None) -> np.ndarr
 def score(case: Case, transform: sitk.Transform | None) -> dict:
     """Dice per labelled structure, TRE (mm) against a truth transform, and landmark TRE in moving pixels with
     rTRE (TRE / fixed image diagonal, the ANHIR measure) of a fixed → moving transform (``None``: identity)."""
-    from .metrics import dice_per_label, labelled_points, target_registration_error, warp_labels
+    from ...transform.metrics import dice_per_label, labelled_points, target_registration_error, warp_labels
 
     row: dict = {}
     if case.fixed_labels and case.moving_labels:
@@ -331,8 +331,8 @@ def summarise_click_runs(prompt_sets: list[list], rows: list[dict]) -> dict:
 
 # --- methods: each (case, quick, progress, **options) → (fixed → moving transform, extra row fields) ------------
 def _register_promptreg(case: Case, progress: Callable[[str, float], None]):
-    from .prompting.pairs import PairOptions
-    from .registration import register
+    from ...prompting.pairs import PairOptions
+    from ...pipeline.registration import register
 
     pair_options = PairOptions()
     if case.auto_pairs is not None:
@@ -350,7 +350,7 @@ def second_click_seconds(case: Case, result) -> float | None:
     """Seconds to pair one more click once both images are encoded, as in a live Slicer session: the case's
     first click again, on the run's own views (their embeddings held in memory), one click one pair (no sampled
     pairs even when it is rejected); None without clicks."""
-    from .prompting.pairs import PairOptions, find_pairs, initial_prior
+    from ...prompting.pairs import PairOptions, find_pairs, initial_prior
 
     if not case.prompts_ras:
         return None
@@ -371,9 +371,9 @@ def correction_seconds(result) -> float | None:
     session: the first used pair's Prompt Y dragged :data:`CORRECTION_DRAG_MM`, its ROI Y segmented there on the
     run's own views (:func:`~PromptRegLib.prompting.inverse.prompt_pair`) and the transform refitted. Changes
     ``result`` (take its transform first); None when no pair was used."""
-    from .fit import FitOptions
-    from .prompting.inverse import prompt_pair
-    from .registration import refit_transform
+    from ...transform.fit import FitOptions
+    from ...prompting.inverse import prompt_pair
+    from ...pipeline.registration import refit_transform
 
     used = result.accepted_pairs
     if not used or result.transform is None:
@@ -629,7 +629,7 @@ def _method_row(name: str, case: Case, quick: bool, options: dict, progress) -> 
     """In the child: run one method, then measure it (seconds, peak RSS, size of its transform written as
     transform.h5) and score it."""
     os.environ["PROMPTREG_CACHE"] = "off"  # cold start: a method's time includes encoding the images
-    from .outputs import write_transform
+    from ...io.outputs import write_transform
 
     started = time.perf_counter()
     transform, extra = METHODS[name](case, quick, progress, **options)
@@ -660,7 +660,7 @@ def run_method(name: str, case: Case, quick: bool = False, limits: Limits | None
 
 def run_promptreg_case(case: Case, output_dir: Path, quiet: bool = False) -> dict:
     """The demo's job: register one case with PromptReg in this process, write outputs, score before/after."""
-    from .outputs import write_registration
+    from ...io.outputs import write_registration
 
     started = time.perf_counter()
     progress = ProgressBar(quiet)

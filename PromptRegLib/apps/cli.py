@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import PromptError, PromptRegError
+from ..errors import PromptError, PromptRegError
 from .progress import ProgressBar
 
 
@@ -50,7 +50,7 @@ def parse_point_list(text: str) -> np.ndarray:
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    from .models import MODEL_NAMES
+    from ..models import MODEL_NAMES
 
     parser.add_argument("--model", default="litemedsam", choices=MODEL_NAMES,
                         help="promptable model (default: the embedded LiteMedSAM)")
@@ -60,7 +60,7 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _prompts(args) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    from .outputs import read_markups
+    from ..io.outputs import read_markups
 
     points = [parse_point(p) for p in args.prompt or []]
     for path in args.prompts or []:
@@ -70,11 +70,11 @@ def _prompts(args) -> tuple[list[np.ndarray], list[np.ndarray]]:
 
 
 def command_segment(args) -> int:
-    from .imageio import ras_to_lps, read_image
-    from .models import load_model
-    from .outputs import segment_color, staged_output, write_segmentation
-    from .prompting.pairs import segment_prompts
-    from .views import make_view
+    from ..core.image import ras_to_lps, read_image
+    from ..models import load_model
+    from ..io.outputs import segment_color, staged_output, write_segmentation
+    from ..prompting.pairs import segment_prompts
+    from ..views import make_view
 
     image = read_image(args.image)
     points, boxes = _prompts(args)
@@ -103,8 +103,8 @@ def command_segment(args) -> int:
 
 
 def _pair_and_fit_options(args):
-    from .fit import FitOptions
-    from .prompting.pairs import PairOptions
+    from ..transform.fit import FitOptions
+    from ..prompting.pairs import PairOptions
 
     pair_options = PairOptions()
     if args.auto_pairs is not None:
@@ -124,8 +124,8 @@ def _pair_and_fit_options(args):
 
 
 def command_register(args) -> int:
-    from .outputs import write_registration
-    from .registration import register
+    from ..io.outputs import write_registration
+    from ..pipeline.registration import register
 
     points, boxes = _prompts(args)
     pair_options, fit_options = _pair_and_fit_options(args)
@@ -196,14 +196,14 @@ def command_bench(args) -> int:
 
 
 def command_cache(args) -> int:
-    from .models.cache import describe_disk_caches
+    from ..models.cache import describe_disk_caches
 
     print("\n".join(describe_disk_caches(clear=args.clear)))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .presets import PRESETS
+    from ..pipeline.presets import PRESETS
 
     parser = argparse.ArgumentParser(prog="promptreg", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)

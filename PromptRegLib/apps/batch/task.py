@@ -1,7 +1,7 @@
 """What a Dask worker runs: one cohort row registered into ``OUTDIR/<id>/``, or a shared fixed image encoded.
 
 Both return plain records and never raise for a bad row: a row's failure is its exit code and message, so one
-bad pair cannot stop the others. Outputs are staged and moved into place whole (:func:`~PromptRegLib.outputs.
+bad pair cannot stop the others. Outputs are staged and moved into place whole (:func:`~PromptRegLib.io.outputs.
 staged_output`), so a worker killed mid-pair leaves only a hidden ``.promptreg-<id>-…`` folder, which the batch
 removes. The model is loaded once per worker process and kept: its weights and in-memory embedding cache serve
 every pair the worker runs.
@@ -16,7 +16,7 @@ import time
 import traceback
 from pathlib import Path
 
-from ..errors import InputImageError, PromptRegError
+from ...errors import InputImageError, PromptRegError
 from .table import PairRow
 
 #: exit codes that the same row and files will give again: a re-run does not retry them unless asked
@@ -32,7 +32,7 @@ class RowOptionError(PromptRegError):
 @functools.lru_cache(maxsize=2)
 def worker_model(name: str, checkpoint: str | None, device: str):
     """The model, loaded once per process (the worker keeps its weights and in-memory embeddings)."""
-    from ..models import load_model
+    from ...models import load_model
 
     return load_model(name, checkpoint, device)
 
@@ -87,7 +87,7 @@ def _number(row: PairRow, key: str, kind):
 def prompts_of(row: PairRow) -> tuple[list, list]:
     """The row's clicks: (RAS mm points, fixed-image pixel points)."""
     from ..cli import parse_point, parse_point_list
-    from ..outputs import read_markups
+    from ...io.outputs import read_markups
 
     cell = row.prompts
     if cell.endswith(".json"):
@@ -102,8 +102,8 @@ def options_of(row: PairRow, clicks: int):
     """PairOptions and FitOptions from the row's columns; no clicks and no ``auto_pairs``: the bench's
     zero-click number of sampled prompts."""
     from ..bench import DEFAULT_AUTO_PAIRS
-    from ..fit import FitOptions
-    from ..prompting.pairs import PairOptions
+    from ...transform.fit import FitOptions
+    from ...prompting.pairs import PairOptions
 
     auto_pairs = _number(row, "auto_pairs", int)
     if auto_pairs is None and clicks == 0:
@@ -153,8 +153,8 @@ def register_row(row: PairRow, output_root: str, threads: int | None = None, _af
 
 
 def _register(row: PairRow, output_root: Path) -> dict:
-    from ..outputs import write_registration
-    from ..registration import register
+    from ...io.outputs import write_registration
+    from ...pipeline.registration import register
     from .scoring import score_row
 
     for role in ("fixed", "moving"):
@@ -191,8 +191,8 @@ def encode_fixed(row: PairRow, threads: int | None = None) -> dict:
     started = time.perf_counter()
     try:
         _set_threads(threads)
-        from ..imageio import read_image
-        from ..views import make_views
+        from ...core.image import read_image
+        from ...views import make_views
 
         segmenter = worker_model(*_model_key(row))
         fixed_view, _ = make_views(segmenter, read_image(row.fixed), read_image(row.moving))

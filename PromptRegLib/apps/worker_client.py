@@ -1,7 +1,7 @@
 """Starting and watching the worker from a GUI (or any caller) without blocking it.
 
 ``WorkerRun`` makes a fresh temporary folder (the caller may write inputs there), writes the request, starts
-``python -m PromptRegLib.worker`` there, and collects its JSON lines on a reader thread; ``poll()`` returns
+``python -m PromptRegLib.apps.worker`` there, and collects its JSON lines on a reader thread; ``poll()`` returns
 the new events and never waits. The outputs land in ``<temporary folder>/output`` and are only handed over
 in a final ``result`` event. ``cancel()`` returns at once: the worker's whole process group (the
 ``PythonSlicer`` launcher and the Python it starts) gets SIGTERM, then SIGKILL after a short grace, and
@@ -108,7 +108,7 @@ class WorkerRun:
         library_root = str(Path(__file__).resolve().parents[1])
         environment["PYTHONPATH"] = os.pathsep.join(filter(None, [library_root, environment.get("PYTHONPATH")]))
         with open(self.log_path, "w") as log:
-            self.process = subprocess.Popen([self.python, "-m", "PromptRegLib.worker", str(self.request_path)],
+            self.process = subprocess.Popen([self.python, "-m", "PromptRegLib.apps.worker", str(self.request_path)],
                                             stdout=subprocess.PIPE, stderr=log, text=True, env=environment,
                                             cwd=str(self.folder), **_new_session_options())
         threading.Thread(target=self._read, daemon=True).start()

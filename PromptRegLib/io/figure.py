@@ -16,7 +16,7 @@ def draw_pairs(path: Path, result, warped_moving=None) -> None:
     import matplotlib.pyplot as plt
 
     from .outputs import segment_color
-    from .views.grid import resample_onto
+    from ..core.grid import resample_onto
 
     fixed_view, moving_view = result.fixed_view, result.moving_view
     pairs = result.accepted_pairs or result.pairs

@@ -2,9 +2,9 @@
 
 Reads ``fixed_rois.seg.nrrd``, ``moving_rois.seg.nrrd`` and ``report.json`` of an output folder, keeps the
 pairs that passed the quality checks minus those the user rejects, fits the transform on them with
-:func:`PromptRegLib.fit.fit_without_folding` (weights IoU X × IoU Y, as a registration does), and writes a
+:func:`PromptRegLib.transform.fit.fit_without_folding` (weights IoU X × IoU Y, as a registration does), and writes a
 complete output folder — the ROI pairs and prompts copied, a new ``transform.h5``, ``affine.tfm``,
-``warped_moving.nrrd`` and ``report.json`` — all or nothing (:func:`PromptRegLib.outputs.staged_output`).
+``warped_moving.nrrd`` and ``report.json`` — all or nothing (:func:`PromptRegLib.io.outputs.staged_output`).
 When the run refined on the model's features (``dense_refinement``), the refit does too: the same model's views
 of the two images, their embeddings read from the embedding cache — nothing is decoded.
 
@@ -24,13 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CheckpointError, InputImageError, RegistrationError
-from .fit import FitOptions, FittedTransform, fit_without_folding
-from .imageio import Image, read_image
-from .outputs import staged_output, write_transform_outputs
+from ..errors import CheckpointError, InputImageError, RegistrationError
+from ..transform.fit import FitOptions, FittedTransform, fit_without_folding
+from ..core.image import Image, read_image
+from ..io.outputs import staged_output, write_transform_outputs
 from .presets import resolve_options
-from .prompting.orientation import found_turn
-from .prompting.pairs import PairOptions
+from ..prompting.orientation import found_turn
+from ..prompting.pairs import PairOptions
 
 USER_REJECTED = "rejected by the user"
 #: files a refit takes over unchanged from the folder it refits
@@ -92,8 +92,8 @@ def updated_pairs(pairs: list[dict], reject_pairs) -> list[dict]:
 
 def run_views(report: dict, fixed_image: Image, moving_image: Image, cancel=None):
     """The views the run's model had of the two images (embeddings from the disk cache), loaded on the CPU."""
-    from .models import load_model
-    from .views import SliceOptions, make_views
+    from ..models import load_model
+    from ..views import SliceOptions, make_views
 
     model = load_model(report["model"], report.get("checkpoint"), "cpu")
     stored = report.get("slice_options")  # the run's box sizes (scaled for photographs), JSON lists as tuples
@@ -106,7 +106,7 @@ def refit_features(report: dict, fit_options: FitOptions, views):
     views, built on first use). Returns the feature pair (or None) and what the report says about it."""
     if fit_options.feature_weight <= 0 or report.get("dense_refinement") != "features":
         return None, "off"
-    from .dense import feature_pair
+    from ..transform.features import feature_pair
 
     try:
         fixed_view, moving_view = views()
@@ -119,9 +119,9 @@ def refit_features(report: dict, fit_options: FitOptions, views):
 def correct_pairs(pairs: list[dict], prompt_y_ras: dict, fixed_masks: dict, moving_masks: dict, views) -> list[dict]:
     """Apply the user's Prompt Y corrections: each named pair's ROI Y re-segmented at its new Prompt Y (replacing
     its entry in ``moving_masks``, image grid) and the pair used unless the model finds nothing there."""
-    from .imageio import ras_to_lps
-    from .prompting.inverse import prompt_pair
-    from .views.base import ROI
+    from ..core.image import ras_to_lps
+    from ..prompting.inverse import prompt_pair
+    from ..views.base import ROI
 
     by_name = {p["name"]: p for p in pairs}
     unknown = [name for name in prompt_y_ras if name not in by_name]
@@ -227,8 +227,8 @@ def refit_from_outputs(pairs_from: str | os.PathLike, output_dir: str | os.PathL
 
 def _write_moving_pairs(folder: Path, moving_image: Image, pairs: list[dict], moving_masks: dict) -> None:
     """``moving_rois.seg.nrrd`` and ``prompts_y.mrk.json`` for the corrected pairs (names and colours kept)."""
-    from .imageio import ras_to_lps
-    from .outputs import write_markups, write_segmentation
+    from ..core.image import ras_to_lps
+    from ..io.outputs import write_markups, write_segmentation
 
     names = [p["name"] for p in pairs]
     write_segmentation(folder / "moving_rois.seg.nrrd", moving_image, [moving_masks[n] for n in names], names,

@@ -7,19 +7,19 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import PromptError, RegistrationError
-from .fit import FitOptions, FittedTransform, fit_without_folding
-from .imageio import (Image, check_memory, lps_to_ras, ras_to_lps, read_image, require_same_dimension, tidy_direction,
+from ..errors import PromptError, RegistrationError
+from ..transform.fit import FitOptions, FittedTransform, fit_without_folding
+from ..core.image import (Image, check_memory, lps_to_ras, ras_to_lps, read_image, require_same_dimension, tidy_direction,
                       validate_image)
-from .dense import feature_pair
-from .lengths import length_scale
-from .models import load_model
-from .models.cache import EmbeddingCache
+from ..transform.features import feature_pair
+from ..core.lengths import length_scale
+from ..models import load_model
+from ..models.cache import EmbeddingCache
 from .presets import resolve_options
-from .prompting.orientation import found_turn, orientation_prior
-from .prompting.pairs import PairOptions, ROIPair, find_pairs, initial_prior
-from .views import SliceOptions, View, make_views
-from .views.grid import AXIS_NAMES
+from ..prompting.orientation import found_turn, orientation_prior
+from ..prompting.pairs import PairOptions, ROIPair, find_pairs, initial_prior
+from ..views import SliceOptions, View, make_views
+from ..core.grid import AXIS_NAMES
 
 MAX_PROMPTS = 64
 
@@ -104,7 +104,7 @@ def register(fixed: Image | str | Path, moving: Image | str | Path, prompts_ras=
     are kept in the report but not used (the embeddings are cached, so rejecting and re-running is cheap).
     ``segmenter``: an already loaded model (from :func:`~PromptRegLib.models.load_model`) to use instead of
     loading ``model`` again — a long-lived process (a batch worker) keeps its weights and in-memory cache.
-    ``preset``: "quick", "default" or "accurate" (:mod:`~PromptRegLib.presets`), filling the options left at their
+    ``preset``: "quick", "default" or "accurate" (:mod:`~PromptRegLib.pipeline.presets`), filling the options left at their
     defaults.
     """
     timings: dict[str, float] = {}
@@ -178,8 +178,8 @@ def refit_transform(result: RegistrationResult, fit_options: FitOptions | None =
                     cancel=None, max_folding: float = 0.001, max_stiffening: int = 2,
                     features=None, start: FittedTransform | None = None) -> RegistrationResult:
     """(Re)fit the transform from the currently accepted pairs — no re-encoding (e.g. after rejecting a pair).
-    ``features``: the two views' :class:`~PromptRegLib.dense.FeaturePair` when already read; ``start``: the
-    transform being corrected, to start from (see :func:`~PromptRegLib.fit.fit_transform`)."""
+    ``features``: the two views' :class:`~PromptRegLib.transform.features.FeaturePair` when already read; ``start``: the
+    transform being corrected, to start from (see :func:`~PromptRegLib.transform.fit.fit_transform`)."""
     fit_options = fit_options or FitOptions()
     accepted = result.accepted_pairs
     if not accepted:

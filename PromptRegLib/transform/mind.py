@@ -20,8 +20,8 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from .imageio import Image
-from .views.grid import Grid, covering_grid, resample_onto
+from ..core.image import Image
+from ..core.grid import Grid, covering_grid, resample_onto
 
 #: descriptor grids hold about this many voxels at most (3D: ~130³; 12 channels of float32 ≈ 100 MB an image)
 MAX_DESCRIPTOR_VOXELS = 2_000_000

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import OutputError, PromptError
-from .imageio import Image, lps_to_ras, ras_to_lps
-from .lengths import has_physical_units
+from ..errors import OutputError, PromptError
+from ..core.image import Image, lps_to_ras, ras_to_lps
+from ..core.lengths import has_physical_units
 
 #: segment colours (RGB 0–1), shared by the two ROIs of a pair
 PALETTE = [(0.90, 0.30, 0.24), (0.18, 0.55, 0.85), (0.30, 0.75, 0.35), (0.95, 0.75, 0.15), (0.60, 0.35, 0.75),
@@ -192,7 +192,7 @@ def warp_image(moving: Image, fixed: Image, transform: sitk.Transform) -> sitk.I
     int16 CT (rounded and clipped to the type's range); outside the moving image: its minimum (black for colour)."""
     stored = _stored_type(moving)
     if stored is not None and stored[1] > 1:
-        from .imageio import read_stored
+        from ..core.image import read_stored
 
         colour = read_stored(moving.source)
         warped = sitk.Resample(colour, fixed.sitk_image, transform, sitk.sitkLinear, 0.0, sitk.sitkVectorFloat32)
@@ -218,8 +218,8 @@ def write_transform_outputs(folder: Path, fixed: Image, moving: Image, transform
     ``warped_moving.nrrd`` and, for a deformable transform, ``jacobian.nrrd`` (its determinant on the fixed domain
     at about a million voxels). Returns the warped image and each pair's Dice of ROI X with the registered ROI Y
     (masks on the images' own grids), measured on that same grid."""
-    from .fit import JACOBIAN_VOXELS, jacobian_image, working_reference
-    from .metrics import registered_dice
+    from ..transform.fit import JACOBIAN_VOXELS, jacobian_image, working_reference
+    from ..transform.metrics import registered_dice
 
     sitk_transform = transform.to_sitk()
     write_transform(folder / "transform.h5", sitk_transform)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from .imageio import Image
+from ..core.image import Image
 
 
 def dice_per_label(fixed_labels: np.ndarray, warped_labels: np.ndarray, label_values=None) -> dict[int, float]:

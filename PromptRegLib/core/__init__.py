@@ -1,0 +1,1 @@
+"""Geometry and images: physical space every stage shares (no model, no torch)."""

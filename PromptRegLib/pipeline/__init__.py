@@ -1,0 +1,1 @@
+"""The stages put together: register, refit, presets and the options that drive them."""
