@@ -76,7 +76,7 @@ def test_mirrored_pairs_do_not_make_a_mirrored_affine():
 def test_a_folding_field_is_stiffened_then_falls_back_to_affine(monkeypatch):
     """The policy every fit applies (registration and refit alike): bending ×10 while the field folds, at last the
     affine stage."""
-    from PromptRegLib import fit
+    from PromptRegLib.transform import fit
 
     tried = []
     monkeypatch.setattr(fit, "fit_transform",

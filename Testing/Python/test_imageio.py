@@ -91,7 +91,8 @@ def test_tidying_an_image_in_memory_leaves_the_callers_image_alone():
 
 
 def test_a_run_that_would_not_fit_in_memory_is_refused_before_it_starts(monkeypatch, tmp_path):
-    from PromptRegLib import imageio, register
+    from PromptRegLib import register
+    from PromptRegLib.core import image as imageio
     from PromptRegLib.errors import MemoryLimitError
 
     image = sitk.GetImageFromArray(np.random.default_rng(0).random((20, 64, 64)).astype(np.float32))
