@@ -30,7 +30,7 @@ test: venv
 
 # Optional peers for the benchmark: never needed by `make test`.
 bench: venv
-	$(PY) -m pip install -q itk-elastix antspyx || echo "optional peers could not be installed; benchmarking without them"
+	$(PY) -m pip install -q itk-elastix antspyx nibabel scipy && $(PY) -m pip install -q --no-deps convexadam==0.2.0 || echo "optional peers could not be installed; benchmarking without them"
 	$(VENV)/bin/promptreg bench --data $(DATA) --quick -o out/bench
 
 clean:

@@ -22,7 +22,7 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
-from PromptRegSlicer import dependencies, mrml
+from PromptRegSlicer import dependencies, mrml, options
 
 MODELS = ["litemedsam", "sam-vit-b", "sam-vit-l", "sam-vit-h", "sam-med3d"]
 PRESETS = ["Quick", "Default", "Accurate"]   # PromptRegLib.pipeline.presets, by their panel names
@@ -286,7 +286,7 @@ class PromptRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onRejectAndRefit(self):
         rows = sorted({index.row() for index in self.ui.pairsTable.selectedIndexes()})
         rejected = [self._lastPairs[row]["name"] for row in rows]
-        rejected += [pair["name"] for pair in self._lastPairs if pair["rejected_because"] == "rejected by the user"]
+        rejected += [pair["name"] for pair in self._lastPairs if pair.get("rejected_by_user")]
         try:
             run = self.logic.startRefit(self._parameterNode, rejected)
         except Exception as error:
@@ -517,20 +517,6 @@ class PromptRegLogic(ScriptedLoadableModuleLogic):
         return shutil.which("PythonSlicer") or sys.executable
 
     @staticmethod
-    def _fitOptions(parameters) -> dict:
-        """What a fit takes from the panel: the preset fills what the advanced options leave at their defaults."""
-        preset = getattr(parameters, "preset", "Default").lower()
-        transform = parameters.transformType if preset != "quick" else "affine"
-        return {"preset": preset, "transform": transform, "bending": parameters.bending}
-
-    @staticmethod
-    def _options(parameters, pairsOnly: bool = False) -> dict:
-        return {"model": parameters.model, "checkpoint": parameters.checkpoint or None, "device": parameters.device,
-                "auto_pairs": None if parameters.autoPairs < 0 else parameters.autoPairs,
-                "warps": None if parameters.warps < 0 else parameters.warps,
-                "pairs_only": pairsOnly, **PromptRegLogic._fitOptions(parameters)}
-
-    @staticmethod
     def _newRun(workRoot: str | None):
         from PromptRegLib.apps.worker_client import WorkerRun  # installed beside this file; imports no torch
 
@@ -541,7 +527,7 @@ class PromptRegLogic(ScriptedLoadableModuleLogic):
         """Write the inputs to a fresh temporary folder and start the worker (returns a WorkerRun)."""
         run = self._newRun(workRoot)
         request = mrml.build_request(parameters.fixedVolume, parameters.movingVolume, parameters.promptX,
-                                     run.folder / "inputs", self._options(parameters, pairsOnly), parameters.boxPrompt)
+                                     run.folder / "inputs", options.registration_options(parameters, pairsOnly), parameters.boxPrompt)
         return run.start(request)
 
     def canRefit(self) -> bool:
@@ -551,14 +537,14 @@ class PromptRegLogic(ScriptedLoadableModuleLogic):
         return json.loads((Path(self.lastRun.result["output_dir"]) / "report.json").read_text())
 
     def _userRejected(self) -> list[str]:
-        return [pair["name"] for pair in self._report()["pairs"] if pair["rejected_because"] == "rejected by the user"]
+        return [pair["name"] for pair in self._report()["pairs"] if pair.get("rejected_by_user")]
 
     def startRefit(self, parameters, rejectPairs, workRoot: str | None = None):
         """Refit from the current result's written ROI pairs minus ``rejectPairs`` (decoder-free: the fit only)."""
         if not self.canRefit():
             raise RuntimeError("no earlier result to refit: run Register or Find corresponding regions first")
         request = mrml.build_refit_request(Path(self.lastRun.result["output_dir"]), rejectPairs,
-                                           self._fitOptions(parameters))
+                                           options.refit_options(parameters))
         return self._newRun(workRoot).start(request)
 
     def startCorrection(self, parameters, workRoot: str | None = None):
@@ -573,7 +559,7 @@ class PromptRegLogic(ScriptedLoadableModuleLogic):
             return None
         rejected = [name for name in self._userRejected() if name not in edits]
         request = mrml.build_refit_request(Path(self.lastRun.result["output_dir"]), rejected,
-                                           self._fitOptions(parameters), edits)
+                                           options.refit_options(parameters), edits)
         return self._newRun(workRoot).start(request)
 
     def loadResults(self, run, parameters) -> dict:

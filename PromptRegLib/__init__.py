@@ -1,18 +1,21 @@
 """PromptReg: training-free registration by corresponding prompts for Segment Anything models.
 
-``register(fixed, moving, prompts_ras)`` is the Python API; ``promptreg`` the command line.
-This package never imports Slicer, and importing it loads no torch until the API is used, so the
-Slicer GUI can start the worker (``PromptRegLib.apps.worker_client``) without torch in its own process.
+``register(fixed, moving, prompts, options)`` is the Python API (:mod:`.pipeline.registration`); ``promptreg`` the
+command line (:mod:`.apps.cli`). This package never imports Slicer, and importing it loads no torch until the API
+is used, so the Slicer GUI can start the worker (:mod:`.apps.worker_client`) without torch in its own process.
 """
-__all__ = ["PromptRegError", "RegistrationResult", "refit_transform", "register"]
+import importlib
+
+__all__ = ["Prompts", "PromptRegError", "RegistrationOptions", "RegistrationResult", "refit_transform", "register"]
 __version__ = "0.1.0"
+
+#: public name → the module that defines it (imported on first use)
+_PUBLIC = {"PromptRegError": ".errors", "Prompts": ".pipeline.options", "RegistrationOptions": ".pipeline.options",
+           "RegistrationResult": ".pipeline.registration", "refit_transform": ".pipeline.registration",
+           "register": ".pipeline.registration"}
 
 
 def __getattr__(name):
-    if name == "PromptRegError":
-        from .errors import PromptRegError
-        return PromptRegError
-    if name in ("RegistrationResult", "refit_transform", "register"):
-        import importlib
-        return getattr(importlib.import_module(".pipeline.registration", __name__), name)
+    if name in _PUBLIC:
+        return getattr(importlib.import_module(_PUBLIC[name], __name__), name)
     raise AttributeError(f"module 'PromptRegLib' has no attribute {name!r}")

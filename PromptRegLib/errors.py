@@ -7,6 +7,12 @@ class PromptRegError(Exception):
     exit_code = 1
 
 
+class UsageError(PromptRegError):
+    """A request, a table, a row's option or the set-up cannot be used as given (a bad request, a missing column)."""
+
+    exit_code = 2
+
+
 class InputImageError(PromptRegError):
     """An input image is missing, unreadable, of the wrong shape or has unusable values."""
 

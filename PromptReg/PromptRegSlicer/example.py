@@ -18,7 +18,7 @@ from vtk.util import numpy_support
 from .mrml import harden
 
 #: suggested Prompt X as fractions of the volume's index extent (i, j, k), read off CTChest4 (CTChest at a
-#: quarter of the resolution; PromptRegLib/cases/ctchest4_3d.json) so they hold at any resolution of CTChest
+#: quarter of the resolution; PromptRegLib/apps/bench/case_files/ctchest4_3d.json) so they hold at any resolution of CTChest
 SUGGESTED_PROMPTS = {"left lung": (0.316, 0.473, 0.603), "right lung": (0.691, 0.473, 0.603),
                      "body": (0.504, 0.551, 0.162)}
 #: coarse voxel size (mm) of the example: the registration runs in about a minute on a CPU

@@ -1,52 +1,27 @@
 """The ``promptreg`` command line: segment, register, batch, demo, bench, cache.
 
 Errors of ours print one line (``promptreg: error: …``) and exit with the error's code; nothing is
-half-written.
+half-written. The library is imported inside each command, so ``promptreg --help`` answers without loading torch.
 """
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from ..errors import PromptError, PromptRegError
+from ..io.points import (
+    parse_box,
+    parse_pair,
+    parse_point,
+    parse_point_list,
+    read_markups,
+)
 from .progress import ProgressBar
 
-
-def parse_point(text: str) -> np.ndarray:
-    try:
-        values = np.array([float(v) for v in text.split(",")])
-    except ValueError:
-        raise PromptError(f"cannot read {text!r} as coordinates: give R,A,S (or R,A for 2D) in millimetres.") \
-            from None
-    if values.size not in (2, 3):
-        raise PromptError(f"{text!r}: a point needs 2 or 3 comma-separated numbers.")
-    return values
-
-
-def parse_pair(text: str) -> tuple[np.ndarray, np.ndarray]:
-    """``R,A,S:R,A,S`` → (Prompt X on the fixed image, Prompt Y on the moving image)."""
-    parts = text.split(":")
-    if len(parts) != 2:
-        raise PromptError(f"{text!r}: a pair is Prompt X on the fixed image and Prompt Y on the moving image, "
-                          "R,A,S:R,A,S (R,A:R,A in 2D).")
-    return parse_point(parts[0]), parse_point(parts[1])
-
-
-def parse_box(text: str) -> np.ndarray:
-    values = parse_point_list(text)
-    if values.size not in (4, 6):
-        raise PromptError(f"{text!r}: a box needs two corners, R1,A1,S1,R2,A2,S2 (or R1,A1,R2,A2 in 2D).")
-    return values
-
-
-def parse_point_list(text: str) -> np.ndarray:
-    try:
-        return np.array([float(v) for v in text.split(",")])
-    except ValueError:
-        raise PromptError(f"cannot read {text!r} as coordinates.") from None
+#: a token that starts like a negative number ("-71.2,-33.6,…", "-83:…") is a coordinate value, never an option
+COORDINATE_VALUE = re.compile(r"^-[\d.]")
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,37 +34,37 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def _prompts(args) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    from ..io.outputs import read_markups
+def _add_prompt_arguments(parser: argparse.ArgumentParser, image: str) -> None:
+    parser.add_argument("--prompt", action="append", help=f"click R,A,S in mm on the {image} (repeatable)")
+    parser.add_argument("--prompts", action="append", help="Slicer markups .mrk.json with clicks")
+    parser.add_argument("--box", action="append", help=f"box R1,A1,S1,R2,A2,S2 in mm on the {image} (repeatable)")
 
+
+def _clicks(args) -> tuple[list, list]:
+    """(clicks, boxes) in RAS mm from ``--prompt``, ``--prompts`` files and ``--box``."""
     points = [parse_point(p) for p in args.prompt or []]
     for path in args.prompts or []:
         points += read_markups(path)
-    boxes = [parse_box(b) for b in args.box or []]
-    return points, boxes
+    return points, [parse_box(b) for b in args.box or []]
 
 
 def command_segment(args) -> int:
     from ..core.image import ras_to_lps, read_image
+    from ..io.figure import segment_color
+    from ..io.outputs import staged_output, write_segmentation
     from ..models import load_model
-    from ..io.outputs import segment_color, staged_output, write_segmentation
     from ..prompting.pairs import segment_prompts
     from ..views import make_view
 
     image = read_image(args.image)
-    points, boxes = _prompts(args)
+    points, boxes = _clicks(args)
     if not points and not boxes:
         raise PromptError("give at least one --prompt R,A,S, --prompts FILE.mrk.json or --box.")
     progress = ProgressBar(args.quiet)
     model = load_model(args.model, args.checkpoint, args.device)
-    points_lps = [ras_to_lps(p)[: image.dimension] for p in points]
-    boxes_lps = [ras_to_lps(b.reshape(2, -1))[:, : image.dimension].ravel() for b in boxes]
-    view = make_view(model, image)
-    progress("segmenting", 0.1)
-    depth = view.shape[0]
-    propagation = lambda steps: progress("propagating through slices",  # noqa: E731
-                                         0.1 + 0.9 * min(1.0, steps / max(1, depth)))
-    rois = segment_prompts(view, points_lps, boxes_lps, propagation)
+    view = make_view(model, image, progress=progress)
+    rois = segment_prompts(view, [ras_to_lps(p)[: image.dimension] for p in points],
+                           [ras_to_lps(b.reshape(2, -1))[:, : image.dimension].ravel() for b in boxes])
     progress.close()
     output = Path(args.output)
     names = [f"Prompt {i + 1}" for i in range(len(rois))]
@@ -102,43 +77,24 @@ def command_segment(args) -> int:
     return 0
 
 
-def _pair_and_fit_options(args):
-    from ..transform.fit import FitOptions
-    from ..prompting.pairs import PairOptions
-
-    pair_options = PairOptions()
-    if args.auto_pairs is not None:
-        pair_options.auto_pairs = args.auto_pairs
-        if args.auto_pairs == 0:  # asked for none: not even in place of failed pairs
-            pair_options.fallback_auto_pairs = 0
-    if args.warps is not None:
-        pair_options.warps = args.warps
-    fit_options = FitOptions(transform=args.transform)
-    if args.bending is not None:
-        fit_options.bending_weight = args.bending
-    if args.feature_weight is not None:
-        fit_options.feature_weight = args.feature_weight
-    if args.mind_weight is not None:
-        fit_options.descriptor_weight = args.mind_weight
-    return pair_options, fit_options
-
-
 def command_register(args) -> int:
     from ..io.outputs import write_registration
+    from ..pipeline.options import Prompts, RegistrationOptions
     from ..pipeline.registration import register
 
-    points, boxes = _prompts(args)
-    pair_options, fit_options = _pair_and_fit_options(args)
+    points, boxes = _clicks(args)
+    prompts = Prompts(tuple(points), tuple(parse_point_list(p) for p in args.prompt_px or []), tuple(boxes),
+                      tuple(parse_pair(p) for p in args.pair or []))
+    options = RegistrationOptions.from_mapping(vars(args))
     progress = ProgressBar(args.quiet)
     try:
-        result = register(args.fixed, args.moving, points, boxes, args.model, args.checkpoint, args.device,
-                          pair_options, fit_options, pairs_only=args.pairs_only, progress=progress,
-                          prompts_px=[parse_point_list(p) for p in args.prompt_px or []],
-                          pairs_ras=[parse_pair(p) for p in args.pair or []], preset=args.preset)
+        result = register(args.fixed, args.moving, prompts, options, progress=progress)
         progress("writing outputs", 0.95)
         write_registration(result, args.output)
     finally:
         progress.close()
+    if prompts.count == 0:
+        print(f"no clicks given: registered from {result.report['pair_options']['auto_pairs']} automatic pairs")
     print(f"{len(result.accepted_pairs)} of {len(result.pairs)} ROI pairs used; outputs in {args.output}")
     if any(pair.source == "fallback" for pair in result.pairs):
         print("warning: no pair from your prompts passed its checks, so the transform comes from sampled (auto) "
@@ -168,7 +124,8 @@ def command_batch(args) -> int:
 
 
 def command_demo(args) -> int:
-    from .bench import load_cases, run_promptreg_case
+    from .bench.cases import load_cases
+    from .bench.methods import run_promptreg_case
 
     cases = [c for c in load_cases(args.data) if c.demo]
     if not cases:
@@ -185,7 +142,7 @@ def command_demo(args) -> int:
 
 
 def command_bench(args) -> int:
-    from .bench import Limits, run_bench
+    from .bench.run import Limits, run_bench
 
     limits = Limits(timeout_s=args.timeout)
     if args.max_memory_mb is not None:
@@ -202,17 +159,10 @@ def command_cache(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from ..pipeline.presets import PRESETS
-
-    parser = argparse.ArgumentParser(prog="promptreg", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-
+def _segment_parser(commands) -> None:
     segment = commands.add_parser("segment", help="segment the regions prompts point at")
     segment.add_argument("image")
-    segment.add_argument("--prompt", action="append", help="click R,A,S in mm (repeatable)")
-    segment.add_argument("--prompts", action="append", help="Slicer markups .mrk.json with clicks")
-    segment.add_argument("--box", action="append", help="box R1,A1,S1,R2,A2,S2 in mm (repeatable)")
+    _add_prompt_arguments(segment, "image")
     segment.add_argument("-o", "--output", required=True, help="output .seg.nrrd")
     segment.add_argument("--overlap", action="store_true",
                          help="keep overlapping segments in layers (default: smaller segments win, as Slicer's "
@@ -220,38 +170,44 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_arguments(segment)
     segment.set_defaults(run=command_segment)
 
-    register = commands.add_parser("register", help="register MOVING to FIXED from corresponding regions")
+
+def _register_parser(commands) -> None:
+    from ..pipeline.presets import PRESETS
+    from ..transform.fit import TRANSFORMS
+
+    register = commands.add_parser("register", help="register MOVING to FIXED from corresponding regions",
+                                   description="Register MOVING to FIXED. Without any click, from automatic pairs.")
     register.add_argument("fixed")
     register.add_argument("moving")
     register.add_argument("-o", "--output", required=True, help="output folder")
-    register.add_argument("--prompt", action="append", help="click R,A,S on the fixed image (repeatable)")
-    register.add_argument("--prompts", action="append", help="Slicer markups .mrk.json with clicks")
+    _add_prompt_arguments(register, "fixed image")
     register.add_argument("--prompt-px", action="append",
                           help="click X,Y[,Z] in pixels of the fixed image (X = column, Y = row, Z = slice; from 0, "
                                "the image's own index order; repeatable) — for images without physical units")
-    register.add_argument("--box", action="append", help="box R1,A1,S1,R2,A2,S2 on the fixed image")
     register.add_argument("--pair", action="append",
                           help="a correspondence you know, R,A,S:R,A,S = Prompt X on the fixed image : Prompt Y on "
                                "the moving image (mm, repeatable); ROI Y is segmented at Prompt Y, no search")
     register.add_argument("--auto-pairs", type=int, help="sampled prompts on top of yours (default 6 in 2D, 0 in 3D, "
-                                                          "8 when every pair of yours fails; 0: none, not even then)")
+                                                          "8 with no clicks or when every pair of yours fails; 0: none)")
     register.add_argument("--warps", type=int, help="spatial perturbations per ROI (default 2 in 2D, 0 in 3D)")
     register.add_argument("--preset", choices=PRESETS,
-                          help="quick: an affine from the clicks; default; accurate: denser (2D; see README) — "
-                               "options you give explicitly win")
-    register.add_argument("--transform", default="deformable", choices=["affine", "deformable"])
+                          help="quick: an affine from the clicks; default; accurate: denser (2D) — options you "
+                               "give explicitly win")
+    register.add_argument("--transform", choices=TRANSFORMS, help="default deformable")
     register.add_argument("--bending", type=float, help="regularisation weight (default 10)")
     register.add_argument("--feature-weight", type=float,
                           help="weight of the dense refinement on the model's features (default 2; 0: ROI pairs only)")
     register.add_argument("--mind-weight", type=float,
-                          help="weight of the MIND-SSC structure term beside the features (default 2; 0: off; see README)")
+                          help="weight of the MIND-SSC structure term beside the features (default 2; 0: off)")
     register.add_argument("--pairs-only", action="store_true", help="find ROI pairs, fit no transform")
     _add_model_arguments(register)
     register.set_defaults(run=command_register)
 
+
+def _batch_parser(commands) -> None:
     batch = commands.add_parser("batch", help="register every pair of a CSV table on Dask (resumable)",
                                 description="Register every row of PAIRS.csv (id,fixed,moving,prompts[,options]) "
-                                            "into OUTPUT/<id>/ on Dask; see the README's 'Cohorts' section.")
+                                            "into OUTPUT/<id>/ on Dask; see docs/cohorts.md.")
     batch.add_argument("pairs", help="PAIRS.csv: id,fixed,moving,prompts (+ optional columns); paths relative to it")
     batch.add_argument("-o", "--output", required=True, help="output folder: one sub-folder per pair id, summary.*")
     batch.add_argument("--scheduler", help="address of a running Dask scheduler (tcp://host:8786); default: a local "
@@ -266,13 +222,17 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--quiet", action="store_true", help="no progress bar")
     batch.set_defaults(run=command_batch)
 
+
+def _demo_parser(commands) -> None:
     demo = commands.add_parser("demo", help="register the shared example pairs and write all outputs")
     demo.add_argument("--data", default="../shared/data")
     demo.add_argument("-o", "--output", default="out/demo")
     demo.add_argument("--quiet", action="store_true")
     demo.set_defaults(run=command_demo)
 
-    from .bench import DEFAULT_AUTO_PAIRS, DEFAULT_TIMEOUT_S
+
+def _bench_parser(commands) -> None:
+    from .bench.run import DEFAULT_TIMEOUT_S, NO_CLICK_AUTO_PAIRS
 
     bench = commands.add_parser("bench", help="compare PromptReg with intensity-based registration")
     bench.add_argument("--data", default="../shared/data")
@@ -280,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="fewer cases and iterations (under 10 minutes)")
     bench.add_argument("--cases", help="comma-separated subset of cases (default: all with data)")
     bench.add_argument("--methods", help="comma-separated subset of methods (promptreg, promptreg-auto, simpleitk, "
-                       "elastix, ants; default: all installed)")
+                       "elastix, ants, convexadam; default: all installed)")
     bench.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
                        help=f"seconds one method may run on one case before it becomes an error row "
                             f"(default {DEFAULT_TIMEOUT_S:.0f})")
@@ -290,36 +250,46 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--click-sets", type=int,
                        help="PromptReg re-runs with click sets drawn inside the labelled structures, for the click-set "
                             "spread (default 5; 0 with --quick; 0 disables)")
-    bench.add_argument("--auto-pairs", type=int, default=DEFAULT_AUTO_PAIRS,
-                       help=f"sampled prompts of the zero-click promptreg-auto rows (default {DEFAULT_AUTO_PAIRS})")
+    bench.add_argument("--auto-pairs", type=int, default=NO_CLICK_AUTO_PAIRS,
+                       help=f"sampled prompts of the zero-click promptreg-auto rows (default {NO_CLICK_AUTO_PAIRS})")
     bench.add_argument("--work", help="folder for derived case files such as resampled images, reused across runs "
                                       "(default: OUTPUT/work)")
     bench.add_argument("--quiet", action="store_true")
     bench.set_defaults(run=command_bench)
 
+
+def _cache_parser(commands) -> None:
     cache = commands.add_parser("cache", help="where the embedding cache and exported networks are, their size; "
                                               "--clear empties them ($PROMPTREG_CACHE, $PROMPTREG_CACHE_MAX_MB)")
     cache.add_argument("--info", action="store_true", help="tell place and size (the default)")
     cache.add_argument("--clear", action="store_true", help="delete cached embeddings and exported networks")
     cache.set_defaults(run=command_cache)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="promptreg", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    for add in (_segment_parser, _register_parser, _batch_parser, _demo_parser, _bench_parser, _cache_parser):
+        add(commands)
     return parser
 
 
-def _attach_coordinates(argv: list[str]) -> list[str]:
-    """``--prompt -71,-33,-140`` → ``--prompt=-71,-33,-140``: argparse would take the value for an option."""
-    joined, index = [], 0
-    while index < len(argv):
-        if argv[index] in ("--prompt", "--box") and index + 1 < len(argv):
-            joined.append(f"{argv[index]}={argv[index + 1]}")
-            index += 2
+def attach_coordinates(argv: list[str]) -> list[str]:
+    """``--pair -71,-33,-140:…`` → ``--pair=-71,-33,-140:…`` for every option: argparse would read a value that
+    starts with a minus sign as an option of its own (:data:`COORDINATE_VALUE`)."""
+    joined: list[str] = []
+    for token in argv:
+        previous = joined[-1] if joined else ""
+        if COORDINATE_VALUE.match(token) and previous.startswith("-") and "=" not in previous \
+                and not COORDINATE_VALUE.match(previous):
+            joined[-1] = f"{previous}={token}"
         else:
-            joined.append(argv[index])
-            index += 1
+            joined.append(token)
     return joined
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(_attach_coordinates(list(sys.argv[1:] if argv is None else argv)))
+    args = build_parser().parse_args(attach_coordinates(list(sys.argv[1:] if argv is None else argv)))
     try:
         return args.run(args)
     except PromptRegError as error:

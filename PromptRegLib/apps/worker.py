@@ -8,15 +8,15 @@ left). This is the only way the Slicer module talks to the library, so a crash h
 Registration request (``"request": "register"``, the default) — keys: ``fixed``, ``moving``, ``output_dir``
 (required); ``prompts_ras`` [[R, A, S], …], ``prompts_file`` (.mrk.json), ``boxes_ras``
 [[R1, A1, S1, R2, A2, S2], …], ``pairs_ras`` [[[R, A, S], [R, A, S]], …] (Prompt X on fixed, Prompt Y on moving),
-``model``, ``checkpoint``, ``device``, ``preset``, ``auto_pairs``, ``warps``, ``transform``, ``bending``,
-``feature_weight``, ``mind_weight``, ``pairs_only``, ``reject_pairs``, ``original_files`` {"fixed": path, "moving": path} (the files
-Slicer loaded the exported volumes from: a photograph's has no physical units, see ``lengths``).
+``original_files`` {"fixed": path, "moving": path} (the files Slicer loaded the exported volumes from: a
+photograph's has no physical units, see ``core.lengths``), and any option by its outside name
+(:data:`~PromptRegLib.pipeline.options.OPTION_NAMES`: ``preset``, ``auto_pairs``, ``transform``, …).
 
-Refit request (``"request": "refit"``) — keys: ``pairs_from`` (a previous output folder) and
-``output_dir`` (required); ``reject_pairs``, ``prompt_y_ras`` {pair name: [R, A, S]} (the user's corrected Prompt Y
-on the moving image), ``preset``, ``transform``, ``bending``, ``feature_weight``, ``mind_weight``; ``fixed``/``moving`` default to the images
-that run used. The fit from the written ROI pairs and the run's cached features; a corrected pair's ROI Y is
-decoded again at its Prompt Y, nothing else is (see ``refit``).
+Refit request (``"request": "refit"``) — keys: ``pairs_from`` (a previous output folder) and ``output_dir``
+(required); ``reject_pairs``, ``prompt_y_ras`` {pair name: [R, A, S]} (the user's corrected Prompt Y on the moving
+image), the fit's options (:data:`~PromptRegLib.pipeline.options.REFIT_OPTION_NAMES`); ``fixed``/``moving``
+default to the images that run used. The fit from the written ROI pairs and the run's cached features; a
+corrected pair's ROI Y is decoded again at its Prompt Y, nothing else is (see ``pipeline.refit``).
 """
 from __future__ import annotations
 
@@ -26,9 +26,16 @@ import sys
 import traceback
 from pathlib import Path
 
-from ..errors import PromptRegError
+from ..core.image import read_image
+from ..core.lengths import is_photo_file
+from ..errors import PromptRegError, UsageError
+from ..io.outputs import write_registration
+from ..io.points import read_markups
+from ..pipeline.options import REFIT_OPTION_NAMES, Prompts, RegistrationOptions
+from ..pipeline.refit import refit_from_outputs
+from ..pipeline.registration import register
 
-BAD_REQUEST = 2
+BAD_REQUEST = UsageError.exit_code
 REQUIRED = {"register": ("fixed", "moving", "output_dir"), "refit": ("pairs_from", "output_dir")}
 
 
@@ -54,21 +61,15 @@ def read_request(path: str) -> dict:
     return request
 
 
-def fit_options_from(request: dict):
-    from ..transform.fit import FitOptions
-
-    fit_options = FitOptions(transform=request.get("transform", "deformable"))
-    if request.get("bending") is not None:
-        fit_options.bending_weight = float(request["bending"])
-    if request.get("feature_weight") is not None:
-        fit_options.feature_weight = float(request["feature_weight"])
-    if request.get("mind_weight") is not None:
-        fit_options.descriptor_weight = float(request["mind_weight"])
-    return fit_options
+_last_fraction = [0.0]
 
 
-def _progress(stage: str, fraction: float) -> None:
-    emit("progress", stage=stage, fraction=round(fraction, 4))
+def _progress(stage: str, fraction: float | None, done=None, total=None, unit=None) -> None:
+    """A progress line; work that does not know the run's share (``fraction`` None) repeats the last one."""
+    if fraction is not None:
+        _last_fraction[0] = fraction
+    counted = {"done": done, "total": total, "unit": unit} if total else {}
+    emit("progress", stage=stage, fraction=round(_last_fraction[0], 4), **counted)
 
 
 def _result(output_dir: Path, refit: bool = False) -> dict:
@@ -81,9 +82,6 @@ def _result(output_dir: Path, refit: bool = False) -> dict:
 
 def _input_image(path: str, original_file: str | None):
     """The exported input; a volume Slicer loaded from a photograph (``original_file``) keeps having no units."""
-    from ..core.image import read_image
-    from ..core.lengths import is_photo_file
-
     image = read_image(path)
     if original_file:
         image.physical_units = not is_photo_file(original_file)
@@ -91,32 +89,24 @@ def _input_image(path: str, original_file: str | None):
 
 
 def run_registration(request: dict, cancelled) -> dict:
-    from ..io.outputs import read_markups, write_registration
-    from ..prompting.pairs import PairOptions
-    from ..pipeline.registration import register
-
     prompts = list(request.get("prompts_ras") or [])
     if request.get("prompts_file"):
         prompts += [p.tolist() for p in read_markups(request["prompts_file"])]
-    pair_options = PairOptions(auto_pairs=request.get("auto_pairs"), warps=request.get("warps"))
     originals = request.get("original_files") or {}
     fixed, moving = (_input_image(request[name], originals.get(name)) for name in ("fixed", "moving"))
-    result = register(fixed, moving, prompts, request.get("boxes_ras") or [],
-                      request.get("model", "litemedsam"), request.get("checkpoint"), request.get("device", "auto"),
-                      pair_options, fit_options_from(request), pairs_only=bool(request.get("pairs_only")),
-                      progress=_progress, cancel=cancelled, reject_pairs=request.get("reject_pairs") or [],
-                      pairs_ras=request.get("pairs_ras") or [], preset=request.get("preset"))
+    given = Prompts(points_ras=tuple(prompts), boxes_ras=tuple(request.get("boxes_ras") or ()),
+                    pairs_ras=tuple(request.get("pairs_ras") or ()))
+    result = register(fixed, moving, given, RegistrationOptions.from_mapping(request), progress=_progress,
+                      cancel=cancelled)
     emit("progress", stage="writing outputs", fraction=0.95)
     return _result(write_registration(result, request["output_dir"]))
 
 
 def run_refit(request: dict, cancelled) -> dict:
-    from ..pipeline.refit import refit_from_outputs
-
-    output_dir = refit_from_outputs(request["pairs_from"], request["output_dir"], request.get("reject_pairs") or [],
-                                    fit_options_from(request), fixed=request.get("fixed"),
-                                    moving=request.get("moving"), progress=_progress, cancel=cancelled,
-                                    prompt_y_ras=request.get("prompt_y_ras") or {}, preset=request.get("preset"))
+    options = RegistrationOptions.from_mapping(request, REFIT_OPTION_NAMES + ("reject_pairs",))
+    output_dir = refit_from_outputs(request["pairs_from"], request["output_dir"], options,
+                                    request.get("prompt_y_ras") or {}, progress=_progress, cancel=cancelled,
+                                    fixed=request.get("fixed"), moving=request.get("moving"))
     return _result(output_dir, refit=True)
 
 
@@ -141,8 +131,8 @@ def main(argv=None) -> int:
         return error.exit_code
     except Exception as error:  # a bug: say so in one line, details on stderr for the log
         traceback.print_exc()
-        emit("error", message=f"internal error: {type(error).__name__}: {error}", exit_code=1)
-        return 1
+        emit("error", message=f"internal error: {type(error).__name__}: {error}", exit_code=PromptRegError.exit_code)
+        return PromptRegError.exit_code
 
 
 if __name__ == "__main__":

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
-
-from .image import Image
+import torch
+import torch.nn.functional as F
 
 #: Canonical orientation of slices along each LPS axis, as LPS directions of (column, row, slice): the axes of a
 #: RAS+ volume (MONAI's ``Orientationd("RAS")``, nibabel's canonical), sliced as numpy slices such an array —
@@ -36,8 +36,9 @@ class Grid:
     size: tuple[int, ...]
 
     @classmethod
-    def of(cls, image: Image | sitk.Image) -> "Grid":
-        image = image.sitk_image if isinstance(image, Image) else image
+    def of(cls, image) -> "Grid":
+        """The geometry of a SimpleITK image, or of anything holding one as ``sitk_image`` (an ``Image``)."""
+        image = getattr(image, "sitk_image", image)
         d = image.GetDimension()
         return cls(np.array(image.GetOrigin(), dtype=float), np.array(image.GetSpacing(), dtype=float),
                    np.array(image.GetDirection(), dtype=float).reshape(d, d), tuple(image.GetSize()))
@@ -72,9 +73,17 @@ class Grid:
         return self.lps_to_index(points_lps)[:, ::-1]
 
     def contains(self, points_lps: np.ndarray, margin_voxels: float = 0.5) -> np.ndarray:
-        """True for each point (N, d) inside the grid (voxel centres ± ``margin_voxels``)."""
+        """True for each point (N, d) inside the grid: within ``margin_voxels`` of the outer voxel centres — 0.5,
+        the default, is the grid's box (its voxels' outer edges); 0 where linear interpolation has data on every
+        side."""
         index = self.lps_to_index(points_lps)
         return np.all((index >= -margin_voxels) & (index <= np.array(self.size) - 1 + margin_voxels), axis=1)
+
+    def same_geometry(self, other: "Grid", tolerance: float = 1e-6) -> bool:
+        """Whether ``other`` has this grid's size, origin, spacing and direction (within ``tolerance``)."""
+        return (self.size == other.size and np.allclose(self.origin, other.origin, atol=tolerance)
+                and np.allclose(self.spacing, other.spacing, atol=tolerance)
+                and np.allclose(self.direction, other.direction, atol=tolerance))
 
     def points_lps(self) -> np.ndarray:
         """LPS position of every voxel, numpy order with a trailing axis: (*shape, d), float32."""
@@ -188,3 +197,14 @@ def resample_mask(mask: np.ndarray, source: Grid, target: Grid) -> np.ndarray:
     """A boolean mask on ``source`` seen on ``target`` (linear interpolation of the mask, ≥ 0.5 inside)."""
     values = resample_onto(source.image(mask.astype(np.float32)), target, 0.0, antialias=False)
     return values >= 0.5
+
+
+def sample_on_grid(values: torch.Tensor, grid: Grid, points_lps: torch.Tensor) -> torch.Tensor:
+    """``values`` (c, *grid shape) at LPS points (N, d), linear, 0 outside: (c, N)."""
+    matrix, offset = grid.normalised_map()
+    dimension = grid.dimension
+    coordinates = points_lps @ torch.as_tensor(matrix.T, dtype=torch.float32) + torch.as_tensor(offset,
+                                                                                                dtype=torch.float32)
+    coordinates = coordinates.reshape(1, *([1] * (dimension - 1)), -1, dimension)
+    sampled = F.grid_sample(values[None], coordinates, mode="bilinear", padding_mode="zeros", align_corners=True)
+    return sampled.reshape(values.shape[0], -1)

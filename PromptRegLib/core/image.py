@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import InputImageError, MemoryLimitError
+from ..errors import InputImageError, MemoryLimitError, PromptError
+from .grid import Grid
 
 #: Refuse inputs above this many voxels (about 4 GB as float32) unless PROMPTREG_MAX_VOXELS says otherwise.
 DEFAULT_MAX_VOXELS = 1_000_000_000
@@ -98,30 +99,21 @@ class Image:
         return self._array
 
     @property
-    def index_to_lps_matrix(self) -> np.ndarray:
-        """Homogeneous (d+1)×(d+1) matrix mapping a continuous ITK index to LPS millimetres."""
-        d = self.dimension
-        matrix = np.eye(d + 1)
-        matrix[:d, :d] = self.direction @ np.diag(self.spacing)
-        matrix[:d, d] = self.origin
-        return matrix
+    def grid(self) -> Grid:
+        """The image's geometry without its voxels: every index ↔ LPS map of the image is the grid's."""
+        return Grid.of(self.sitk_image)
 
     def index_to_lps(self, index: np.ndarray) -> np.ndarray:
         """Continuous ITK indices (N, d) → LPS millimetres (N, d)."""
-        index = np.atleast_2d(np.asarray(index, dtype=float))
-        return index @ (self.direction @ np.diag(self.spacing)).T + self.origin
+        return self.grid.index_to_lps(index)
 
     def lps_to_index(self, points_lps: np.ndarray) -> np.ndarray:
         """LPS millimetres (N, d) → continuous ITK indices (N, d)."""
-        points = np.atleast_2d(np.asarray(points_lps, dtype=float))
-        inverse = np.linalg.inv(self.direction @ np.diag(self.spacing))
-        return (points - self.origin) @ inverse.T
+        return self.grid.lps_to_index(points_lps)
 
-    def contains_index(self, index: np.ndarray) -> np.ndarray:
-        """True for each continuous index (N, d) that lies inside the voxel grid (half a voxel margin)."""
-        index = np.atleast_2d(index)
-        size = np.array(self.size, dtype=float)
-        return np.all((index >= -0.5) & (index <= size - 0.5), axis=1)
+    def contains(self, points_lps: np.ndarray) -> np.ndarray:
+        """True for each LPS point (N, d) inside the image's box (its voxels' outer edges)."""
+        return self.grid.contains(points_lps)
 
     def physical_center(self) -> np.ndarray:
         return self.index_to_lps((np.array(self.size, dtype=float) - 1) / 2)[0]
@@ -131,6 +123,14 @@ class Image:
         image = sitk.GetImageFromArray(np.ascontiguousarray(array))
         image.CopyInformation(self.sitk_image)
         return Image(image, self.source, self.physical_units)
+
+
+def require_inside(image: Image, point_lps: np.ndarray, what: str = "prompt") -> None:
+    """Raise :class:`PromptError` when an LPS point lies outside ``image`` (the one message for every prompt)."""
+    if not image.contains(np.asarray(point_lps, dtype=float)[None])[0]:
+        ras = tuple(round(float(v), 1) for v in lps_to_ras(np.asarray(point_lps, dtype=float)))
+        raise PromptError(f"{what} at RAS {ras} mm lies outside {image.source} (size {tuple(image.size)}, "
+                          f"spacing {tuple(round(float(v), 3) for v in image.spacing)} mm).")
 
 
 def to_scalar(image: sitk.Image, path: str) -> sitk.Image:

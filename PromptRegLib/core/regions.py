@@ -67,3 +67,19 @@ def dilate_mm(mask: np.ndarray, spacing_mm: np.ndarray, radius_mm: float) -> np.
 def ring(mask: np.ndarray, spacing_mm: np.ndarray, width_mm: float) -> np.ndarray:
     """The band just outside a region, ``width_mm`` wide."""
     return dilate_mm(mask, spacing_mm, width_mm) & ~mask
+
+
+def interpolate_masks(near: np.ndarray, far: np.ndarray, count: int) -> list[np.ndarray]:
+    """``count`` masks (R, C) between two slices' masks, nearest ``near`` first: shape-based interpolation — the
+    signed distance maps (pixels) blended linearly, inside where negative — so a region shrinks or shifts smoothly
+    between the slices instead of switching at the midpoint."""
+    if count <= 0:
+        return []
+    distances = [sitk.GetArrayFromImage(sitk.SignedMaurerDistanceMap(sitk.GetImageFromArray(m.astype(np.uint8)),
+                                                                     insideIsPositive=False, squaredDistance=False,
+                                                                     useImageSpacing=False))
+                 if m.any() else None for m in (near, far)]
+    if distances[0] is None or distances[1] is None:  # one side empty: the other's mask, shrinking no further
+        kept = near if distances[0] is not None else far
+        return [kept.copy() for _ in range(count)]
+    return [((1 - t) * distances[0] + t * distances[1]) < 0 for t in np.arange(1, count + 1) / (count + 1)]

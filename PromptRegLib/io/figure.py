@@ -6,6 +6,17 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from ..core.grid import resample_onto
+
+#: segment colours (RGB 0–1), shared by the two ROIs of a pair
+PALETTE = [(0.90, 0.30, 0.24), (0.18, 0.55, 0.85), (0.30, 0.75, 0.35), (0.95, 0.75, 0.15), (0.60, 0.35, 0.75),
+           (0.10, 0.75, 0.75), (0.95, 0.50, 0.65), (0.55, 0.40, 0.25), (0.65, 0.80, 0.20), (0.35, 0.35, 0.90)]
+
+
+def segment_color(index: int) -> tuple[float, float, float]:
+    return PALETTE[index % len(PALETTE)]
+
+
 
 def draw_pairs(path: Path, result, warped_moving=None) -> None:
     """Fixed with ROI X, moving with ROI Y, warped moving with ROI X: on the first accepted pair's seed slice of
@@ -15,8 +26,6 @@ def draw_pairs(path: Path, result, warped_moving=None) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .outputs import segment_color
-    from ..core.grid import resample_onto
 
     fixed_view, moving_view = result.fixed_view, result.moving_view
     pairs = result.accepted_pairs or result.pairs

@@ -15,17 +15,11 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import OutputError, PromptError
-from ..core.image import Image, lps_to_ras, ras_to_lps
+from ..core.image import Image, lps_to_ras
 from ..core.lengths import has_physical_units
-
-#: segment colours (RGB 0–1), shared by the two ROIs of a pair
-PALETTE = [(0.90, 0.30, 0.24), (0.18, 0.55, 0.85), (0.30, 0.75, 0.35), (0.95, 0.75, 0.15), (0.60, 0.35, 0.75),
-           (0.10, 0.75, 0.75), (0.95, 0.50, 0.65), (0.55, 0.40, 0.25), (0.65, 0.80, 0.20), (0.35, 0.35, 0.90)]
-
-
-def segment_color(index: int) -> tuple[float, float, float]:
-    return PALETTE[index % len(PALETTE)]
+from ..errors import OutputError
+from .figure import draw_pairs, segment_color
+from .points import write_markups
 
 
 @contextmanager
@@ -133,38 +127,6 @@ def write_segmentation(path: Path, image: Image, masks: list[np.ndarray], names:
     slicerio.write_segmentation(str(path), segmentation, compression_level=1)
 
 
-def write_markups(path: Path, points_lps: list[np.ndarray], labels: list[str], name: str) -> None:
-    """A Slicer markups point list (``.mrk.json``) with positions in RAS."""
-    control_points = []
-    for index, (point, label) in enumerate(zip(points_lps, labels)):
-        ras = lps_to_ras(np.asarray(point, dtype=float))
-        ras = np.concatenate([ras, np.zeros(3 - ras.size)])
-        control_points.append({"id": str(index + 1), "label": label, "position": [float(v) for v in ras],
-                               "positionStatus": "defined", "selected": True, "locked": False, "visibility": True})
-    document = {"@schema": "https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/Markups/"
-                           "Resources/Schema/markups-schema-v1.0.3.json#",
-                "markups": [{"type": "Fiducial", "name": name, "coordinateSystem": "RAS", "coordinateUnits": "mm",
-                             "controlPoints": control_points}]}
-    path.write_text(json.dumps(document, indent=2))
-
-
-def read_markups(path: str | os.PathLike) -> list[np.ndarray]:
-    """Control point positions of a Slicer ``.mrk.json`` (any markups type), as RAS mm."""
-    try:
-        document = json.loads(Path(path).read_text())
-        points = []
-        for markup in document["markups"]:
-            system = markup.get("coordinateSystem", "LPS").upper()
-            for control in markup.get("controlPoints", []):
-                position = np.asarray(control["position"], dtype=float)
-                points.append(position if system == "RAS" else ras_to_lps(position))
-        return points
-    except FileNotFoundError:
-        raise PromptError(f"{path}: no such markups file.") from None
-    except (ValueError, KeyError, TypeError) as error:
-        raise PromptError(f"{path}: not a Slicer markups (.mrk.json) file ({error}).") from None
-
-
 def write_image(path: Path, image: sitk.Image) -> None:
     sitk.WriteImage(image, str(path), True)
 
@@ -218,7 +180,7 @@ def write_transform_outputs(folder: Path, fixed: Image, moving: Image, transform
     ``warped_moving.nrrd`` and, for a deformable transform, ``jacobian.nrrd`` (its determinant on the fixed domain
     at about a million voxels). Returns the warped image and each pair's Dice of ROI X with the registered ROI Y
     (masks on the images' own grids), measured on that same grid."""
-    from ..transform.fit import JACOBIAN_VOXELS, jacobian_image, working_reference
+    from ..transform.field import JACOBIAN_VOXELS, jacobian_image, working_reference
     from ..transform.metrics import registered_dice
 
     sitk_transform = transform.to_sitk()
@@ -230,6 +192,11 @@ def write_transform_outputs(folder: Path, fixed: Image, moving: Image, transform
         write_image(folder / "jacobian.nrrd", jacobian_image(transform))
     reference = working_reference(fixed, JACOBIAN_VOXELS)
     return warped, registered_dice(fixed, moving, fixed_masks, moving_masks, sitk_transform, reference)
+
+
+def write_report(path: Path, report: dict) -> None:
+    """``report.json``: numpy values as plain numbers and lists, non-finite numbers as null."""
+    path.write_text(json.dumps(_jsonable(report), indent=2))
 
 
 def _jsonable(value):
@@ -247,9 +214,7 @@ def _jsonable(value):
 
 
 def write_registration(result, output_dir: str | os.PathLike, figure: bool = True) -> Path:
-    """Write the registration outputs (see README) into ``output_dir``; returns it."""
-    from .figure import draw_pairs
-
+    """Write the registration outputs (docs/cli.md lists them) into ``output_dir``; returns it."""
     fixed, moving = result.fixed_image, result.moving_image
     pairs = result.pairs
     names = [p.name for p in pairs]
@@ -268,12 +233,14 @@ def write_registration(result, output_dir: str | os.PathLike, figure: bool = Tru
         report["inputs"] = {"fixed": fixed.source, "moving": moving.source,
                             "physical_units": {"fixed": has_physical_units(fixed), "moving": has_physical_units(moving)}}
         report["pairs"] = [{"name": p.name, "source": p.source, "accepted": p.accepted,
-                            "rejected_because": p.rejected_because, "prompt_x_ras": lps_to_ras(p.prompt_x_lps),
+                            "rejected_because": p.rejected_because,
+                            "rejected_by_user": p.rejected_by_user, "prompt_x_ras": lps_to_ras(p.prompt_x_lps),
                             "prompt_y_ras": lps_to_ras(p.prompt_y_lps), "color": colors[i],
-                            "voxels_x": p.roi_x.voxels, "voxels_y": p.roi_y.voxels, **p.quality,
+                            "voxels_x": p.roi_x.voxels, "voxels_y": p.roi_y.voxels,
+                            "window_x": p.roi_x.info.get("window"), **p.quality,
                             "dice_registered": registered[i]}
                            for i, p in enumerate(pairs)]
-        (staging / "report.json").write_text(json.dumps(_jsonable(report), indent=2))
+        write_report(staging / "report.json", report)
         if figure:
             draw_pairs(staging / "pairs.png", result, warped)
     return Path(output_dir)

@@ -7,6 +7,7 @@ y = row, continuous); each backend maps them to its padded square input with :cl
 from __future__ import annotations
 
 import hashlib
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -93,6 +94,25 @@ class SliceGeometry:
 
 
 @dataclass
+class EncoderWork:
+    """What the image encoder has computed (cache hits cost nothing and are not counted): slices and seconds."""
+
+    slices: int = 0
+    seconds: float = 0.0
+
+    def add(self, slices: int, seconds: float) -> None:
+        self.slices += slices
+        self.seconds += seconds
+
+    def since(self, before: "EncoderWork", gflop_per_slice: float | None) -> dict:
+        """The work done since ``before`` (a copy taken earlier), for a report: slices, seconds, GFLOP, GFLOP/s."""
+        slices, seconds = self.slices - before.slices, self.seconds - before.seconds
+        gflop = None if gflop_per_slice is None else slices * gflop_per_slice
+        return {"slices": slices, "seconds": round(seconds, 2), "gflop": gflop,
+                "gflop_per_s": round(gflop / seconds, 1) if gflop and seconds > 0 else None}
+
+
+@dataclass
 class Embedding:
     """Encoder output for one slice: ``features`` (C, g, g) on the model's feature grid, and its geometry."""
 
@@ -113,6 +133,9 @@ class PromptableSegmenter(ABC):
     #: what ran the image encoder: "torch", an exported runtime such as "openvino-f32", or None where a backend
     #: chooses at its first encoding and has not encoded yet
     encoder_runtime: str | None = "torch"
+    #: the image encoder's cost per slice (GFLOP, ``torch.utils.flop_counter.FlopCounterMode`` on one input);
+    #: None where not measured
+    gflop_per_slice: float | None = None
 
     @property
     def decode_batch_size(self) -> int:
@@ -123,6 +146,7 @@ class PromptableSegmenter(ABC):
     def __init__(self, device: str = "cpu", cache: EmbeddingCache | None = None):
         self.device = torch.device(device)
         self.cache = cache if cache is not None else EmbeddingCache()
+        self.encoder_work = EncoderWork()
 
     # --- to implement -------------------------------------------------------------------------------
     @abstractmethod
@@ -170,8 +194,10 @@ class PromptableSegmenter(ABC):
                 features[index] = cached
         for start in range(0, len(missing), batch_size):
             chunk = missing[start: start + batch_size]
+            started = time.perf_counter()
             with torch.inference_mode():
                 batch = self._encode_inputs(torch.stack([inputs[i] for i in chunk]).to(self.device)).float().cpu()
+            self.encoder_work.add(len(chunk), time.perf_counter() - started)
             for i, feature in zip(chunk, batch):
                 features[i] = feature.clone()
                 self.cache.put(keys[i], features[i])

@@ -49,6 +49,7 @@ class BoxDecoder(torch.nn.Module):
 class LiteMedSAM(PromptableSegmenter):
     name = "litemedsam"
     input_size = 256
+    gflop_per_slice = 75.0  # FlopCounterMode on net.image_encoder, one 1×3×256×256 input
     supports_points = False  # trained on boxes; points give empty masks
     supports_boxes = True
 

@@ -20,6 +20,7 @@ import logging
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -88,9 +89,13 @@ def _export(network: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], 
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
     try:
-        with torch.inference_mode(False), torch.no_grad():  # torch.export: TorchScript tracing is deprecated
+        with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+            # torch.export (TorchScript tracing is deprecated) deep-copies its own tree specs, and torch 2.13 warns
+            # about its own deprecated LeafSpec class while doing it: nothing the caller can act on
+            warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                                    category=FutureWarning)
             program = torch.export.export(network, tuple(example_inputs))
-        converted = ov.convert_model(program)
+            converted = ov.convert_model(program)
         converted.reshape({port: list(x.shape) for port, x in zip(converted.inputs, example_inputs)})
         ov.save_model(converted, str(staging / "model.xml"), compress_to_fp16=False)
         try:

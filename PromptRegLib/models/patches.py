@@ -52,13 +52,14 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
+import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..errors import CheckpointError
-from .base import PromptableSegmenter
+from .base import EncoderWork, PromptableSegmenter
 from .cache import EmbeddingCache
 
 #: bump when the feature recipe changes: it is part of every cache key
@@ -324,6 +325,7 @@ class PatchCubes:
         self.cache = cache if cache is not None else EmbeddingCache()
         self.spacing_mm = spacing_mm
         self.threshold = threshold
+        self.encoder_work = EncoderWork()
         self.kernels = symmetric_kernels(PATTERN_CHANNELS, 3).to(self.device)
 
     @property
@@ -344,9 +346,11 @@ class PatchCubes:
         cached = self.cache.get(key)
         if cached is not None:
             return cached
+        started = time.perf_counter()
         with torch.inference_mode():
             features = patch_features(torch.as_tensor(intensities, device=self.device)[None, None], self.kernels)
         features = features[0].float().cpu().clone()
+        self.encoder_work.add(1, time.perf_counter() - started)
         self.cache.put(key, features)
         return features
 

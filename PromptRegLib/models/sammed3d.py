@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CheckpointError
+from .base import EncoderWork
 from .cache import EmbeddingCache, file_digest
 
 CUBE_SIZE = 128
@@ -112,6 +114,7 @@ class SAMMed3D:
                  net: nn.Module | None = None):
         self.device = torch.device(device)
         self.cache = cache if cache is not None else EmbeddingCache()
+        self.encoder_work = EncoderWork()
         if net is None:
             net = self._load(checkpoint)
             self.checkpoint = str(checkpoint)
@@ -154,9 +157,11 @@ class SAMMed3D:
         cached = self.cache.get(key)
         if cached is not None:
             return cached
+        started = time.perf_counter()
         with torch.inference_mode():
             features = self.net.image_encoder(torch.as_tensor(normalized, device=self.device)[None, None])
         features = features[0].float().cpu().clone()
+        self.encoder_work.add(1, time.perf_counter() - started)
         self.cache.put(key, features)
         return features
 

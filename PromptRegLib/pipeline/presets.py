@@ -1,7 +1,7 @@
 """Presets: Quick, Default, Accurate — named sets of options, shared by the CLI, the worker and the Slicer panel.
 
 A preset only fills options the caller left at their defaults, so an explicit choice (``--bending 5``, an advanced
-option in the panel) always wins. What each preset changes, and why (measured; README, Benchmark):
+option in the panel) always wins. What each preset changes, and why (measured; docs/benchmark.md, presets):
 
 * ``quick`` — an affine from the clicks alone: no sampled pairs, no warps, no feature refinement. Seconds.
 * ``default`` — the library's defaults.
@@ -13,7 +13,11 @@ from __future__ import annotations
 
 from dataclasses import fields, replace
 
+from ..core.lengths import length_scale, scale_lengths
 from ..errors import PromptError
+from ..prompting.pairs import PairOptions
+from ..transform.fit import FitOptions
+from ..views.slices import SliceOptions
 
 PRESETS = ("quick", "default", "accurate")
 
@@ -35,9 +39,6 @@ def _fill(options, defaults, changes: dict):
 
 def apply_preset(name: str | None, dimension: int, pair_options, fit_options):
     """(PairOptions, FitOptions) of preset ``name`` (None: unchanged), leaving every option the caller set as it is."""
-    from ..transform.fit import FitOptions
-    from ..prompting.pairs import PairOptions
-
     if name is None:
         return pair_options, fit_options
     if name not in PRESETS:
@@ -49,11 +50,6 @@ def apply_preset(name: str | None, dimension: int, pair_options, fit_options):
 def resolve_options(preset: str | None, fixed_image, pair_options, fit_options, slice_options=None):
     """(PairOptions, FitOptions, SliceOptions) a run uses: the preset's, then every length the caller left at its
     default scaled to the fixed image's field of view where it has no physical units (:mod:`~PromptRegLib.core.lengths`)."""
-    from ..transform.fit import FitOptions
-    from ..core.lengths import length_scale, scale_lengths
-    from ..prompting.pairs import PairOptions
-    from ..views import SliceOptions
-
     dimension = fixed_image.dimension
     pair_options, fit_options = apply_preset(preset, dimension, pair_options, fit_options)
     pair_defaults, fit_defaults = apply_preset(preset, dimension, PairOptions(), FitOptions())

@@ -23,16 +23,29 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import slicerio
 
+from ..core.image import Image, ras_to_lps, read_image
 from ..errors import CheckpointError, InputImageError, RegistrationError
-from ..transform.fit import FitOptions, FittedTransform, fit_without_folding
-from ..core.image import Image, read_image
-from ..io.outputs import staged_output, write_transform_outputs
-from .presets import resolve_options
+from ..io.outputs import (
+    staged_output,
+    write_report,
+    write_segmentation,
+    write_transform_outputs,
+)
+from ..io.points import write_markups
+from ..models import load_model
+from ..prompting.inverse import prompt_pair
 from ..prompting.orientation import found_turn
-from ..prompting.pairs import PairOptions
+from ..prompting.pairs import USER_REJECTED, PairOptions
+from ..transform.features import feature_pair
+from ..transform.field import FittedTransform
+from ..transform.fit import FitOptions, fit_without_folding
+from ..views import SliceOptions, make_views
+from ..views.base import ROI
+from .options import RegistrationOptions
+from .presets import resolve_options
 
-USER_REJECTED = "rejected by the user"
 #: files a refit takes over unchanged from the folder it refits
 COPIED = ("fixed_rois.seg.nrrd", "moving_rois.seg.nrrd", "prompts_x.mrk.json", "prompts_y.mrk.json")
 
@@ -47,8 +60,6 @@ def read_report(folder: Path) -> dict:
 
 def read_masks(path: Path, image: Image, names: list[str]) -> list[np.ndarray]:
     """The named segments of a ``.seg.nrrd`` written on ``image``'s grid, as masks in numpy order."""
-    import slicerio
-
     if not path.is_file():
         raise InputImageError(f"{path} is missing: refit needs the ROI pairs of the run it refits.")
     segmentation = slicerio.read_segmentation(str(path))
@@ -68,33 +79,22 @@ def read_masks(path: Path, image: Image, names: list[str]) -> list[np.ndarray]:
     return masks
 
 
-def _json_value(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
 def updated_pairs(pairs: list[dict], reject_pairs) -> list[dict]:
     """The report's pairs with the user's rejections applied (and earlier ones lifted when not repeated)."""
     reject = set(reject_pairs)
     updated = []
     for pair in pairs:
         pair = dict(pair)
-        if pair["name"] in reject and (pair["accepted"] or pair["rejected_because"] == USER_REJECTED):
-            pair["accepted"], pair["rejected_because"] = False, USER_REJECTED
-        elif pair["rejected_because"] == USER_REJECTED:
-            pair["accepted"], pair["rejected_because"] = True, ""
+        if pair["name"] in reject and (pair["accepted"] or pair.get("rejected_by_user")):
+            pair.update(accepted=False, rejected_because=USER_REJECTED, rejected_by_user=True)
+        elif pair.get("rejected_by_user"):
+            pair.update(accepted=True, rejected_because="", rejected_by_user=False)
         updated.append(pair)
     return updated
 
 
 def run_views(report: dict, fixed_image: Image, moving_image: Image, cancel=None):
     """The views the run's model had of the two images (embeddings from the disk cache), loaded on the CPU."""
-    from ..models import load_model
-    from ..views import SliceOptions, make_views
-
     model = load_model(report["model"], report.get("checkpoint"), "cpu")
     stored = report.get("slice_options")  # the run's box sizes (scaled for photographs), JSON lists as tuples
     options = SliceOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in stored.items()}) if stored else None
@@ -106,8 +106,6 @@ def refit_features(report: dict, fit_options: FitOptions, views):
     views, built on first use). Returns the feature pair (or None) and what the report says about it."""
     if fit_options.feature_weight <= 0 or report.get("dense_refinement") != "features":
         return None, "off"
-    from ..transform.features import feature_pair
-
     try:
         fixed_view, moving_view = views()
     except (CheckpointError, KeyError) as error:
@@ -119,10 +117,6 @@ def refit_features(report: dict, fit_options: FitOptions, views):
 def correct_pairs(pairs: list[dict], prompt_y_ras: dict, fixed_masks: dict, moving_masks: dict, views) -> list[dict]:
     """Apply the user's Prompt Y corrections: each named pair's ROI Y re-segmented at its new Prompt Y (replacing
     its entry in ``moving_masks``, image grid) and the pair used unless the model finds nothing there."""
-    from ..core.image import ras_to_lps
-    from ..prompting.inverse import prompt_pair
-    from ..views.base import ROI
-
     by_name = {p["name"]: p for p in pairs}
     unknown = [name for name in prompt_y_ras if name not in by_name]
     if unknown:
@@ -151,39 +145,35 @@ def correct_pairs(pairs: list[dict], prompt_y_ras: dict, fixed_masks: dict, movi
     return pairs
 
 
-def refit_from_outputs(pairs_from: str | os.PathLike, output_dir: str | os.PathLike, reject_pairs=(),
-                       fit_options: FitOptions | None = None, fixed: str | None = None, moving: str | None = None,
-                       progress=None, cancel=None, prompt_y_ras: dict | None = None,
-                       preset: str | None = None) -> Path:
+def refit_from_outputs(pairs_from: str | os.PathLike, output_dir: str | os.PathLike,
+                       options: RegistrationOptions | None = None, prompt_y_ras: dict | None = None, progress=None,
+                       cancel=None, fixed: str | None = None, moving: str | None = None) -> Path:
     """Fit a new transform from the ROI pairs written in ``pairs_from`` and write ``output_dir``; returns it.
 
-    ``fixed``/``moving`` default to the images the earlier run read (``report.json``'s ``inputs``);
-    ``prompt_y_ras`` (pair name → R, A, S on the moving image) corrects pairs first (see the module doc);
-    ``preset`` fills the fit options left at their defaults, as in a registration.
+    ``options``: its ``reject_pairs`` (the pairs the user rejects now), ``preset`` and fit options are used — a
+    refit prompts nothing new; ``prompt_y_ras`` (pair name → R, A, S on the moving image) corrects pairs first (see
+    the module doc); ``fixed``/``moving`` default to the images the earlier run read (``report.json``'s ``inputs``).
     """
     started = time.perf_counter()
+    options = options or RegistrationOptions()
+    say = progress or (lambda stage, fraction: None)
     previous = Path(pairs_from)
     report = read_report(previous)
-    fit_options = fit_options or FitOptions()
     prompt_y_ras = dict(prompt_y_ras or {})
-    pairs = updated_pairs(report["pairs"], reject_pairs)
+    pairs = updated_pairs(report["pairs"], options.reject_pairs)
     if not any(p["accepted"] or p["name"] in prompt_y_ras for p in pairs):
         raise RegistrationError("no ROI pair left to fit once the rejected ones are removed; keep at least one "
                                 "pair, or register again with more prompts.")
-    fixed_image = read_image(fixed or report["inputs"]["fixed"])
-    moving_image = read_image(moving or report["inputs"]["moving"])
-    units = report["inputs"].get("physical_units", {})  # as the run judged them (Slicer's photographs come as NRRD)
-    fixed_image.physical_units, moving_image.physical_units = units.get("fixed"), units.get("moving")
-    _, fit_options, _ = resolve_options(preset, fixed_image, PairOptions(), fit_options)
-    if progress:
-        progress("reading ROI pairs", 0.05)
+    fixed_image, moving_image = _run_images(report, fixed, moving)
+    _, fit_options, _ = resolve_options(options.preset, fixed_image, PairOptions(), options.fit)
+    say("reading ROI pairs", 0.05)
     all_names = [p["name"] for p in report["pairs"]]
     fixed_masks = dict(zip(all_names, read_masks(previous / "fixed_rois.seg.nrrd", fixed_image, all_names)))
     moving_masks = dict(zip(all_names, read_masks(previous / "moving_rois.seg.nrrd", moving_image, all_names)))
     views = functools.cache(lambda: run_views(report, fixed_image, moving_image, cancel))  # built on first use
 
-    if prompt_y_ras and progress:
-        progress("segmenting ROI Y at the corrected Prompt Y", 0.06)
+    if prompt_y_ras:
+        say("segmenting ROI Y at the corrected Prompt Y", 0.06)
     pairs = correct_pairs(pairs, prompt_y_ras, fixed_masks, moving_masks, views)
     names = [p["name"] for p in pairs if p["accepted"]]
     if not names:
@@ -191,45 +181,59 @@ def refit_from_outputs(pairs_from: str | os.PathLike, output_dir: str | os.PathL
                                 "inside the structure, or register again with more prompts.")
     quality = {p["name"]: p for p in pairs}
     weights = np.array([quality[n]["iou_x"] * quality[n]["iou_y"] for n in names])
-    if progress:
-        progress("reading features", 0.08)
+    say("reading features", 0.08)
     features, dense = refit_features(report, fit_options, views)
-    if progress:
-        progress("fitting transform", 0.1)
+    say("fitting transform", 0.1)
     # a correction changes one pair's ROI Y: start from the transform being corrected (a rejection may change more)
     start = FittedTransform.read(previous / "affine.tfm", previous / "transform.h5", fixed_image) \
         if prompt_y_ras and (previous / "transform.h5").exists() else None
     transform, folding, options_used = fit_without_folding(
         fixed_image, moving_image, [fixed_masks[n] for n in names], [moving_masks[n] for n in names], weights,
         fit_options, cancel, features=features, turn=found_turn(report, fixed_image.dimension), start=start)
-    if progress:
-        progress("writing outputs", 0.9)
+    say("writing outputs", 0.9)
+    report.update(pairs=pairs, fit=transform.report, fit_options=asdict(fit_options),
+                  fit_options_used=asdict(options_used), folding_fraction=folding, dense_refinement=dense,
+                  refit={"from": str(previous), "pairs_used": names, "corrected": sorted(prompt_y_ras),
+                         "device": "cpu", "seconds": time.perf_counter() - started})
+    _write_refit(previous, output_dir, fixed_image, moving_image, transform, report,
+                 (fixed_masks, moving_masks), bool(prompt_y_ras))
+    return Path(output_dir)
+
+
+def _run_images(report: dict, fixed: str | None, moving: str | None) -> tuple[Image, Image]:
+    """The images a refit fits on: the given ones, else those the run read, with the units the run judged (Slicer's
+    photographs come as NRRD)."""
+    fixed_image = read_image(fixed or report["inputs"]["fixed"])
+    moving_image = read_image(moving or report["inputs"]["moving"])
+    units = report["inputs"].get("physical_units", {})
+    fixed_image.physical_units, moving_image.physical_units = units.get("fixed"), units.get("moving")
+    return fixed_image, moving_image
+
+
+def _write_refit(previous: Path, output_dir, fixed_image: Image, moving_image: Image, transform, report: dict,
+                 masks: tuple[dict, dict], corrected: bool) -> None:
+    """The refit's output folder, all or nothing: the run's ROI pairs and prompts copied (the moving ones
+    rewritten when a Prompt Y was corrected), the new transform's files and the report."""
+    fixed_masks, moving_masks = masks
+    pairs = report["pairs"]
     with staged_output(output_dir, [fixed_image.source, moving_image.source]) as staging:
-        copied = COPIED if not prompt_y_ras else ("fixed_rois.seg.nrrd", "prompts_x.mrk.json")
+        copied = COPIED if not corrected else ("fixed_rois.seg.nrrd", "prompts_x.mrk.json")
         for name in copied:
             if (previous / name).exists():
                 shutil.copy2(previous / name, staging / name)
-        if prompt_y_ras:
+        if corrected:
             _write_moving_pairs(staging, moving_image, pairs, moving_masks)
+        names = [p["name"] for p in pairs]
         _, registered = write_transform_outputs(staging, fixed_image, moving_image, transform,
-                                                [fixed_masks[n] for n in all_names],
-                                                [moving_masks[n] for n in all_names])
+                                                [fixed_masks[n] for n in names], [moving_masks[n] for n in names])
         for pair, dice in zip(pairs, registered):
             pair["dice_registered"] = dice
-        report.update(inputs={"fixed": fixed_image.source, "moving": moving_image.source}, pairs=pairs,
-                      fit=transform.report, fit_options=asdict(fit_options), fit_options_used=asdict(options_used),
-                      folding_fraction=folding, dense_refinement=dense,
-                      refit={"from": str(previous), "pairs_used": names, "corrected": sorted(prompt_y_ras),
-                             "device": "cpu", "seconds": time.perf_counter() - started})
-        (staging / "report.json").write_text(json.dumps(report, indent=2, default=_json_value))
-    return Path(output_dir)
+        report["inputs"] = {**report["inputs"], "fixed": fixed_image.source, "moving": moving_image.source}
+        write_report(staging / "report.json", report)
 
 
 def _write_moving_pairs(folder: Path, moving_image: Image, pairs: list[dict], moving_masks: dict) -> None:
     """``moving_rois.seg.nrrd`` and ``prompts_y.mrk.json`` for the corrected pairs (names and colours kept)."""
-    from ..core.image import ras_to_lps
-    from ..io.outputs import write_markups, write_segmentation
-
     names = [p["name"] for p in pairs]
     write_segmentation(folder / "moving_rois.seg.nrrd", moving_image, [moving_masks[n] for n in names], names,
                        [tuple(p["color"]) for p in pairs])

@@ -1,4 +1,9 @@
-"""The Python API: ``register(fixed, moving, prompts_ras)`` → :class:`RegistrationResult`."""
+"""The Python API: ``register(fixed, moving, prompts, options)`` → :class:`RegistrationResult`.
+
+The stages, in order: read and check the images; see them as the model does (:mod:`~PromptRegLib.views`); read
+the dense features (which also orient the search); find ROI pairs (:mod:`~PromptRegLib.prompting`); fit the
+transform (:mod:`~PromptRegLib.transform`).
+"""
 from __future__ import annotations
 
 import time
@@ -7,20 +12,30 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import PromptError, RegistrationError
-from ..transform.fit import FitOptions, FittedTransform, fit_without_folding
-from ..core.image import (Image, check_memory, lps_to_ras, ras_to_lps, read_image, require_same_dimension, tidy_direction,
-                      validate_image)
-from ..transform.features import feature_pair
-from ..core.lengths import length_scale
-from ..models import load_model
-from ..models.cache import EmbeddingCache
-from .presets import resolve_options
-from ..prompting.orientation import found_turn, orientation_prior
-from ..prompting.pairs import PairOptions, ROIPair, find_pairs, initial_prior
-from ..views import SliceOptions, View, make_views
 from ..core.grid import AXIS_NAMES
+from ..core.image import (
+    Image,
+    check_memory,
+    ras_to_lps,
+    read_image,
+    require_inside,
+    require_same_dimension,
+    tidy_direction,
+    validate_image,
+)
+from ..core.lengths import length_scale
+from ..core.progress import ignore, span
+from ..errors import PromptError, RegistrationError
+from ..models import load_model
+from ..prompting.orientation import found_turn, orientation_prior
+from ..prompting.pairs import ROIPair, find_pairs, initial_prior
+from ..transform.features import feature_pair
+from ..transform.field import FittedTransform
+from ..transform.fit import FitOptions, fit_without_folding
+from ..views import View, make_views
+from .options import Prompts, RegistrationOptions
 
+#: at most this many prompts are paired (each costs an inverse search); more ask for sampled pairs instead
 MAX_PROMPTS = 64
 
 
@@ -47,7 +62,16 @@ class RegistrationResult:
         return self.moving_view.to_image_mask(pair.roi_y.mask)
 
 
-def _as_image(image: Image | str | Path) -> Image:
+@dataclass
+class PromptsLPS:
+    """A run's prompts in LPS mm on the fixed image's dimension (pairs: Prompt X on fixed, Prompt Y on moving)."""
+
+    points: list[np.ndarray]
+    boxes: list[np.ndarray]
+    pairs: list[tuple[np.ndarray, np.ndarray]]
+
+
+def as_image(image: Image | str | Path) -> Image:
     """Read a path; images built in memory get the same checks and direction tidying as files."""
     if isinstance(image, Image):
         return validate_image(Image(tidy_direction(image.sitk_image), image.source, image.physical_units))
@@ -60,112 +84,142 @@ def pixel_to_lps(image: Image, pixel) -> np.ndarray:
     if index.size != image.dimension:
         raise PromptError(f"pixel prompt {tuple(float(v) for v in index)} needs {image.dimension} values "
                           f"(x = column, y = row{', z = slice' if image.dimension == 3 else ''}).")
-    if not image.contains_index(index[None])[0]:
-        raise PromptError(f"pixel prompt {tuple(float(v) for v in index)} lies outside {image.source} "
-                          f"(size {tuple(image.size)}).")
-    return image.index_to_lps(index[None])[0]
+    point = image.index_to_lps(index[None])[0]
+    require_inside(image, point, f"pixel prompt {tuple(float(v) for v in index)}")
+    return point
 
 
-def _pair_lps(pair, fixed: Image, moving: Image) -> list[np.ndarray]:
-    """(Prompt X, Prompt Y) in RAS mm → LPS points of the images' dimension, each inside its image."""
-    if len(pair) != 2:
-        raise PromptError(f"a prompt pair needs Prompt X and Prompt Y, got {len(pair)} points.")
-    points = [ras_to_lps(np.asarray(point, dtype=float))[: fixed.dimension] for point in pair]
-    for point, image, name in zip(points, (fixed, moving), ("Prompt X", "Prompt Y")):
-        if not image.contains_index(image.lps_to_index(point[None]))[0]:
-            raise PromptError(f"{name} at RAS {tuple(round(float(v), 2) for v in lps_to_ras(point))} mm lies outside "
-                              f"{image.source} (size {tuple(image.size)}).")
-    return points
-
-
-def _check_prompts(points: list, boxes: list, dimension: int) -> None:
-    if len(points) + len(boxes) > MAX_PROMPTS:
-        raise PromptError(f"{len(points) + len(boxes)} prompts given; at most {MAX_PROMPTS} are used — "
-                          "use --auto-pairs for dense sampling instead.")
-    for point in points:
+def prompts_in_lps(prompts: Prompts, fixed: Image, moving: Image) -> PromptsLPS:
+    """The user's prompts in LPS mm, each checked: of the image's dimension, inside its image, not too many."""
+    dimension = fixed.dimension
+    for point in prompts.points_ras:
         if np.asarray(point).size not in (dimension, 3):
-            raise PromptError(f"prompt {tuple(point)} needs {dimension} coordinates.")
+            raise PromptError(f"prompt {tuple(np.ravel(point))} needs {dimension} coordinates.")
+    points = [ras_to_lps(np.asarray(p, dtype=float))[:dimension] for p in prompts.points_ras]
+    points += [pixel_to_lps(fixed, p) for p in prompts.points_px]
+    boxes = [ras_to_lps(np.asarray(b, dtype=float).reshape(2, -1))[:, :dimension].ravel() for b in prompts.boxes_ras]
+    pairs = []
+    for pair in prompts.pairs_ras:
+        if len(pair) != 2:
+            raise PromptError(f"a prompt pair needs Prompt X and Prompt Y, got {len(pair)} points.")
+        prompt_x, prompt_y = (ras_to_lps(np.asarray(point, dtype=float))[:dimension] for point in pair)
+        require_inside(fixed, prompt_x, "Prompt X")
+        require_inside(moving, prompt_y, "Prompt Y")
+        pairs.append((prompt_x, prompt_y))
+    if len(points) + len(pairs) + len(boxes) > MAX_PROMPTS:
+        raise PromptError(f"{len(points) + len(pairs) + len(boxes)} prompts given; at most {MAX_PROMPTS} are used "
+                          "— use auto pairs for dense sampling instead.")
+    return PromptsLPS(points, boxes, pairs)
 
 
-def register(fixed: Image | str | Path, moving: Image | str | Path, prompts_ras=(), boxes_ras=(),
-             model: str = "litemedsam", checkpoint: str | None = None, device: str = "auto",
-             pair_options: PairOptions | None = None, fit_options: FitOptions | None = None,
-             pairs_only: bool = False, cache: EmbeddingCache | None = None, progress=None, cancel=None,
-             reject_pairs=(), slice_options: SliceOptions | None = None, prompts_px=(),
-             segmenter=None, pairs_ras=(), preset: str | None = None) -> RegistrationResult:
-    """Register ``moving`` to ``fixed`` from corresponding ROIs.
+def check_prompts(prompts: Prompts, options: RegistrationOptions, fixed: Image, moving: Image) -> PromptsLPS:
+    """The prompts in LPS mm, or :class:`PromptError` for prompts that cannot be used (or none, with none sampled)."""
+    given = prompts_in_lps(prompts, fixed, moving)
+    if prompts.count == 0 and options.for_run(fixed, prompts)[0].auto_pairs == 0:
+        raise PromptError("no prompts given and auto pairs set to 0: give at least one prompt, or some auto pairs.")
+    return given
 
-    ``prompts_ras``: clicks on the fixed image (RAS mm); ``prompts_px``: clicks in the fixed image's pixels
-    (x = column, y = row[, z = slice], from 0, its own index order — for images without physical units);
-    ``boxes_ras``: boxes as two opposite RAS corners; ``pairs_ras``: (Prompt X on fixed, Prompt Y on moving) in
-    RAS mm, pairs the user already knows — ROI Y is prompted at Prompt Y, with no search (decoder work only).
-    ``progress(stage, fraction)`` is called as work proceeds; ``cancel()`` returning True stops the run
-    (raising :class:`Cancelled`). With ``pairs_only`` no transform is fitted. Pairs named in ``reject_pairs``
-    are kept in the report but not used (the embeddings are cached, so rejecting and re-running is cheap).
-    ``segmenter``: an already loaded model (from :func:`~PromptRegLib.models.load_model`) to use instead of
-    loading ``model`` again — a long-lived process (a batch worker) keeps its weights and in-memory cache.
-    ``preset``: "quick", "default" or "accurate" (:mod:`~PromptRegLib.pipeline.presets`), filling the options left at their
-    defaults.
+
+def register(fixed: Image | str | Path, moving: Image | str | Path, prompts: Prompts | list | None = None,
+             options: RegistrationOptions | None = None, model=None, progress=None,
+             cancel=None) -> RegistrationResult:
+    """Register ``moving`` to ``fixed`` from corresponding ROIs; the transform maps fixed points to moving points.
+
+    ``prompts``: a :class:`Prompts`, or a list of clicks on the fixed image in RAS mm; none at all registers from
+    automatic pairs. ``options``: a :class:`RegistrationOptions` (defaults when None). ``model``: an already
+    loaded model (:func:`~PromptRegLib.models.load_model`) to use instead of loading ``options.model`` — a
+    long-lived process keeps its weights and in-memory embeddings. ``progress(stage, fraction, …)`` is called as
+    work proceeds (:mod:`~PromptRegLib.core.progress`); ``cancel()`` returning True stops the run (raising
+    :class:`~PromptRegLib.errors.Cancelled`).
     """
-    timings: dict[str, float] = {}
     started = time.perf_counter()
-    report = progress or (lambda stage, fraction: None)
-    fixed_image, moving_image = _as_image(fixed), _as_image(moving)
+    options = options or RegistrationOptions()
+    fixed_image, moving_image = as_image(fixed), as_image(moving)
+    prompts = Prompts.of(prompts)
+    require_same_dimension(fixed_image, moving_image)
+    check_prompts(prompts, options, fixed_image, moving_image)  # before any work
+    segmenter = model if model is not None else load_model(options.model, options.checkpoint, options.device)
+    views = see(segmenter, fixed_image, moving_image, options, progress, cancel)
+    result = register_views(views, prompts, options, progress, cancel)
+    result.report["timings_s"]["load"] += views.seconds
+    result.report["timings_s"]["total"] = time.perf_counter() - started
+    return result
+
+
+@dataclass
+class Views:
+    """Both images as the model sees them (:mod:`~PromptRegLib.views`), with the model: what a session keeps
+    between requests (their embeddings stay in memory)."""
+
+    fixed: View
+    moving: View
+    segmenter: object
+    seconds: float = 0.0
+
+    @property
+    def images(self) -> tuple[Image, Image]:
+        return self.fixed.image, self.moving.image
+
+
+def see(segmenter, fixed_image: Image, moving_image: Image, options: RegistrationOptions, progress=None,
+        cancel=None) -> Views:
+    """The two images' views for ``options`` (the preset's and the images' own slice options); checks the pair."""
+    started = time.perf_counter()
     require_same_dimension(fixed_image, moving_image)
     check_memory(fixed_image, moving_image)
-    points_lps = [ras_to_lps(np.asarray(p, dtype=float))[: fixed_image.dimension] for p in prompts_ras]
-    points_lps += [pixel_to_lps(fixed_image, p) for p in prompts_px]
-    boxes_lps = [ras_to_lps(np.asarray(b, dtype=float).reshape(2, -1))[:, : fixed_image.dimension].ravel()
-                 for b in boxes_ras]
-    user_pairs_lps = [tuple(_pair_lps(pair, fixed_image, moving_image)) for pair in pairs_ras]
-    _check_prompts(points_lps + [x for x, _ in user_pairs_lps], boxes_lps, fixed_image.dimension)
-    pair_options, fit_options, slice_options = resolve_options(preset, fixed_image, pair_options or PairOptions(),
-                                                               fit_options or FitOptions(), slice_options)
-    if not points_lps and not boxes_lps and not user_pairs_lps and pair_options.auto_pairs == 0:
-        raise PromptError("no prompts given and --auto-pairs is 0: give at least one --prompt or some auto pairs.")
+    (progress or ignore)("loading model", 0.0)
+    _, _, slice_options, _ = options.for_run(fixed_image, Prompts())
+    fixed_view, moving_view = make_views(segmenter, fixed_image, moving_image, slice_options, cancel, progress)
+    return Views(fixed_view, moving_view, segmenter, time.perf_counter() - started)
 
-    report("loading model", 0.0)
-    segmenter = segmenter if segmenter is not None else load_model(model, checkpoint, device, cache)
+
+def register_views(views: Views, prompts: Prompts, options: RegistrationOptions, progress=None,
+                   cancel=None) -> RegistrationResult:
+    """:func:`register` on views already made (their embeddings reused): pairs, then the transform."""
+    started = time.perf_counter()
+    report = progress or ignore
+    fixed_view, moving_view, segmenter = views.fixed, views.moving, views.segmenter
+    fixed_image, moving_image = views.images
+    given = check_prompts(prompts, options, fixed_image, moving_image)
+    pair_options, fit_options, slice_options, notes = options.for_run(fixed_image, prompts)
     hits, misses = segmenter.cache.hits, segmenter.cache.misses  # a reused model's counts are cumulative
-    fixed_view, moving_view = make_views(segmenter, fixed_image, moving_image, slice_options, cancel)
-    timings["load"] = time.perf_counter() - started
-
-    mark = time.perf_counter()
+    work = replace(segmenter.encoder_work)
     prior, features, orientation = initial_prior(fixed_view, moving_view), None, {"searched": False}
-    if fit_options.feature_weight > 0 and not pairs_only:  # the refinement's features, read once, also orient
+    if fit_options.feature_weight > 0 and not options.pairs_only:  # the refinement's features, read once, also orient
         report("encoding for dense refinement", 0.03)
         features = feature_pair(fixed_view, moving_view, descriptors=fit_options.uses_descriptors)
         prior, orientation = orientation_prior(fixed_view, moving_view, prior, features)
-    pair_progress = lambda stage, f: report(stage, 0.05 + 0.75 * f)  # noqa: E731
-    pairs = find_pairs(fixed_view, moving_view, points_lps, boxes_lps, prior, pair_options, pair_progress, cancel,
-                       user_pairs_lps)
-    timings["pairs"] = time.perf_counter() - mark
+    pairs = find_pairs(fixed_view, moving_view, given.points, given.boxes, prior, pair_options,
+                       span(progress, 0.05, 0.8), cancel, given.pairs)
     for pair in pairs:
-        if pair.name in reject_pairs:
-            pair.accepted, pair.rejected_because = False, "rejected by the user"
+        if pair.name in options.reject_pairs:
+            pair.reject_by_user()
     result = RegistrationResult(fixed_image, moving_image, fixed_view, moving_view, pairs, None)
-    axis = getattr(fixed_view, "axis_lps", None)
-    result.report = {"model": segmenter.name, "checkpoint": str(checkpoint) if checkpoint else None,
-                     "preset": preset or "default", "length_scale": length_scale(fixed_image),
-                     "device": str(segmenter.device),
+    result.report = {"model": segmenter.name, "checkpoint": options.checkpoint, "preset": options.preset,
+                     "prompts": notes[0] if notes else f"{prompts.count} given",
+                     "length_scale": length_scale(fixed_image), "device": str(segmenter.device),
                      "pair_options": pair_options.as_dict(), "fit_options": asdict(fit_options),
-                     "slice_options": asdict(slice_options),
-                     "working_grid": {name: _describe(view) for name, view in (("fixed", fixed_view),
-                                                                                ("moving", moving_view))},
-                     "slicing_axis": AXIS_NAMES.get(axis) if fixed_image.dimension == 3 and axis is not None else None,
-                     "native_3d": bool(getattr(segmenter, "native_3d", False)),
-                     "encoded": {"fixed": fixed_view.encoded, "moving": moving_view.encoded},
-                     "intensity_window": {"fixed": fixed_view.window, "moving": moving_view.window},
+                     "slice_options": asdict(slice_options), **_views_report(fixed_view, moving_view, segmenter),
                      "orientation": orientation,
                      "fallback_to_auto_pairs": any(p.source == "fallback" for p in pairs),
                      "embedding_cache": {"hits": segmenter.cache.hits - hits,
                                          "misses": segmenter.cache.misses - misses},
-                     "timings_s": timings}
-    if pairs_only:
-        return result
-    refit_transform(result, fit_options, progress=report, cancel=cancel, features=features)
-    timings["total"] = time.perf_counter() - started
+                     "timings_s": {"load": 0.0, "pairs": time.perf_counter() - started}}
+    if not options.pairs_only:
+        refit_transform(result, fit_options, progress=report, cancel=cancel, features=features)
+    result.report["encoder"] = segmenter.encoder_work.since(work, segmenter.gflop_per_slice)
+    result.report["encoded"] = {"fixed": fixed_view.encoded, "moving": moving_view.encoded}
     return result
+
+
+def _views_report(fixed_view: View, moving_view: View, segmenter) -> dict:
+    """How the model saw the two images: working grids, slicing axis, slices encoded, intensity windows."""
+    axis = getattr(fixed_view, "axis_lps", None)
+    return {"working_grid": {"fixed": _describe(fixed_view), "moving": _describe(moving_view)},
+            "slicing_axis": AXIS_NAMES.get(axis) if fixed_view.image.dimension == 3 and axis is not None else None,
+            "native_3d": bool(getattr(segmenter, "native_3d", False)),
+            "encoded": {"fixed": fixed_view.encoded, "moving": moving_view.encoded},
+            "intensity_window": {"fixed": fixed_view.window, "moving": moving_view.window}}
 
 
 def _describe(view: View) -> dict:
@@ -175,11 +229,10 @@ def _describe(view: View) -> dict:
 
 
 def refit_transform(result: RegistrationResult, fit_options: FitOptions | None = None, progress=None,
-                    cancel=None, max_folding: float = 0.001, max_stiffening: int = 2,
-                    features=None, start: FittedTransform | None = None) -> RegistrationResult:
+                    cancel=None, features=None, start: FittedTransform | None = None) -> RegistrationResult:
     """(Re)fit the transform from the currently accepted pairs — no re-encoding (e.g. after rejecting a pair).
-    ``features``: the two views' :class:`~PromptRegLib.transform.features.FeaturePair` when already read; ``start``: the
-    transform being corrected, to start from (see :func:`~PromptRegLib.transform.fit.fit_transform`)."""
+    ``features``: the two views' :class:`~PromptRegLib.transform.features.FeaturePair` when already read;
+    ``start``: the transform being corrected, to start from (see :func:`~PromptRegLib.transform.fit.fit_transform`)."""
     fit_options = fit_options or FitOptions()
     accepted = result.accepted_pairs
     if not accepted:
@@ -195,18 +248,16 @@ def refit_transform(result: RegistrationResult, fit_options: FitOptions | None =
     if fit_options.feature_weight > 0 and features is None:
         if progress:
             progress("encoding for dense refinement", 0.8)
-        features = feature_pair(result.fixed_view, result.moving_view,
-                                descriptors=fit_options.uses_descriptors)
+        features = feature_pair(result.fixed_view, result.moving_view, descriptors=fit_options.uses_descriptors)
         result.report["encoded"] = {"fixed": result.fixed_view.encoded, "moving": result.moving_view.encoded}
     result.report["dense_refinement"] = "features" if features is not None else "off"
     transform, folding, options = fit_without_folding(result.fixed_image, result.moving_image, fixed_masks,
                                                       moving_masks, weights, replace(fit_options), cancel,
-                                                      max_folding, max_stiffening, features,
-                                                      found_turn(result.report, result.fixed_image.dimension), start)
+                                                      features=features, start=start,
+                                                      turn=found_turn(result.report, result.fixed_image.dimension),
+                                                      progress=span(progress, 0.8, 0.95))
     result.transform = transform
     result.report.setdefault("timings_s", {})["fit"] = time.perf_counter() - mark
-    result.report["fit"] = transform.report
-    result.report["folding_fraction"] = folding
-    result.report["fit_options"] = asdict(fit_options)
-    result.report["fit_options_used"] = asdict(options)
+    result.report.update(fit=transform.report, folding_fraction=folding, fit_options=asdict(fit_options),
+                         fit_options_used=asdict(options))
     return result

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..views.base import ROI, View, empty_roi
 from ..core.regions import dilate_mm, ring
+from ..views.base import ROI, View, empty_roi
 
 
 @dataclass
@@ -47,6 +47,8 @@ class InverseOptions:
     candidates: int = 3              # separate similarity peaks tried
     ring_mm: float = 9.0             # width of the background band around a region
     cycle_tolerance_mm: float = 6.0  # the cycle peak may land this close to ROI X
+    expected_candidate: bool = False  # also prompt where the prior maps ROI X (across modalities the similarity
+                                     # peaks may all miss; the choice weighs agreement with the prior)
 
 
 @dataclass
@@ -115,6 +117,22 @@ def expected_half_extent(fixed: View, moving: View, half_extent_mm: np.ndarray, 
     return turned[::-1] if dimension == 3 else np.array([0.0, turned[1], turned[0]])
 
 
+def _voxel_of(view: View, point_lps: np.ndarray) -> tuple[int, ...]:
+    """The view's voxel (k, r, c) nearest an LPS point, clipped to the view."""
+    voxel = np.round(view.lps_to_voxel(np.asarray(point_lps, dtype=float)[None])[0]).astype(int)
+    return tuple(int(v) for v in np.clip(voxel, 0, np.array(view.shape) - 1))
+
+
+def agreement_with_prior(target: View, seeds: list, expected_lps: np.ndarray, options: InverseOptions) -> np.ndarray:
+    """How well each candidate region sits where the prior expects it: a Gaussian of its centroid's distance from
+    ``expected_lps`` (σ the search radius) — the consistency with the pairs already found that decides between
+    candidates that resemble ROI X alike."""
+    sigma = options.search_radius_mm * target.unit_mm
+    distances = np.array([np.linalg.norm(target.centroid_lps(s.mask) - expected_lps) if s.mask.any() else np.inf
+                          for s in seeds])
+    return np.exp(-distances ** 2 / (2 * sigma ** 2))
+
+
 def cycle_check(source: View, roi_x: ROI, target: View, roi_y: ROI, prior: AffinePrior,
                 options: InverseOptions) -> tuple[bool, float]:
     """Invert ROI Y back into the fixed view: does the best (prior-weighted) peak land on (a grown) ROI X?"""
@@ -141,14 +159,20 @@ def inverse_prompt(fixed: View, moving: View, roi_x: ROI, prior: AffinePrior,
                        cycle_distance_mm=float("inf"))
         return InverseResult(empty_roi(moving, expected), quality)
     seeds = moving.seeds_at(peaks, half_extent, weighted, window)
+    if options.expected_candidate:
+        seeds += [s for s in [moving.seed_at_expected(expected, half_extent)] if s is not None]
     resemblance = np.array([float(moving.prototype(s.mask) @ p_x) if s.mask.any() else -1.0 for s in seeds])
-    choice = int(np.argmax(resemblance * np.array([s.iou for s in seeds])))
+    choice = int(np.argmax(resemblance * np.array([s.iou for s in seeds])
+                           * agreement_with_prior(moving, seeds, expected, options)))
     roi_y = moving.grow([seeds[choice]])[0]
 
-    quality.update(iou_y=roi_y.iou, peak=float(score[peaks[choice]]), chosen_candidate=choice,
+    # the candidate's own peak, or for the prior's candidate the score where it was prompted
+    at = peaks[choice] if choice < len(peaks) else _voxel_of(moving, seeds[choice].prompt_lps)
+    quality.update(iou_y=roi_y.iou, peak=float(score[at]), chosen_candidate=choice,
+                   chosen="similarity peak" if choice < len(peaks) else "where the prior maps ROI X",
                    resemblance=float(resemblance[choice]))
     outside = ~roi_y.mask & np.isfinite(score)
-    quality["peak_margin"] = float(score[peaks[choice]] - (score[outside].max() if outside.any() else -1.0))
+    quality["peak_margin"] = float(score[at] - (score[outside].max() if outside.any() else -1.0))
     quality.update(region_quality(fixed, moving, roi_x, roi_y))
     if roi_y.mask.any():
         quality["cycle_ok"], quality["cycle_distance_mm"] = cycle_check(fixed, roi_x, moving, roi_y, prior, options)

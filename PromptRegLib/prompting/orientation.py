@@ -5,7 +5,7 @@ body's long axis, every structure lies 100 mm or more from that guess and mirror
 look alike, so the search pairs the wrong regions. Before any prompt is inverted, the model's own features of the
 two images (the dense refinement's, :mod:`PromptRegLib.transform.features`) are compared over the fixed anatomy under quarter
 turns about the slicing axis through the two anatomies' centres; a turn that agrees clearly better than both the
-current prior and the unturned centre alignment becomes the prior. The fit then starts from the pairs' centres (:func:`PromptRegLib.transform.fit.initial_affine`).
+current prior and the unturned centre alignment becomes the prior. The fit then starts from the pairs' centres (:func:`PromptRegLib.transform.affine.initial_affine`).
 """
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..core.grid import sample_on_grid
 from ..views.base import View
+from ..views.foreground import foreground_mask
 from .inverse import AffinePrior
 
 TURNS_DEG = (90.0, 180.0, 270.0)   # tried besides the current prior
@@ -34,16 +36,12 @@ def turn_matrix(dimension: int, axis: int, degrees: float) -> np.ndarray:
 
 
 def _anatomy_points(view: View) -> np.ndarray:
-    from .pairs import foreground_mask
-
     return view.voxel_to_lps(np.argwhere(foreground_mask(view)).astype(float))
 
 
 def orientation_prior(fixed: View, moving: View, prior: AffinePrior, features) -> tuple[AffinePrior, dict]:
     """``prior``, or a quarter turn about the slicing axis that the model's features (a
     :class:`~PromptRegLib.transform.features.FeaturePair`) agree with clearly better; and what was compared, for the report."""
-    from ..transform.features import sample
-
     if features is None:
         return prior, {"searched": False}
     rng = np.random.default_rng(0)
@@ -53,11 +51,11 @@ def orientation_prior(fixed: View, moving: View, prior: AffinePrior, features) -
     fixed_centre, moving_centre = fixed_points.mean(0), moving_points.mean(0)
     points = fixed_points[rng.choice(len(fixed_points), min(SAMPLES, len(fixed_points)), replace=False)]
     points_t = torch.as_tensor(points, dtype=torch.float32)
-    fixed_values = F.normalize(sample(features.fixed, features.fixed_grid, points_t), dim=0)
+    fixed_values = F.normalize(sample_on_grid(features.fixed, features.fixed_grid, points_t), dim=0)
     moving_values = torch.cat([features.moving, torch.ones(1, *features.moving.shape[1:])])
 
     def agreement(candidate: AffinePrior) -> float:
-        sampled = sample(moving_values, features.moving_grid, torch.as_tensor(candidate.forward(points),
+        sampled = sample_on_grid(moving_values, features.moving_grid, torch.as_tensor(candidate.forward(points),
                                                                                dtype=torch.float32))
         return float(((fixed_values * F.normalize(sampled[:-1], dim=0)).sum(0) * sampled[-1].clamp(0, 1)).mean())
 

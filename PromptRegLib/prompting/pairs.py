@@ -12,9 +12,11 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from ..core.affine import closed_form_affine
+from ..core.regions import dice
 from ..errors import Cancelled
 from ..views.base import ROI, View
-from ..core.regions import dice
+from ..views.foreground import foreground_mask
 from .inverse import AffinePrior, InverseOptions, inverse_prompt, prompt_pair
 
 
@@ -28,15 +30,20 @@ class PairOptions:
     min_warp_stability: float = 0.8     # mean Dice of ROI X across warps
     min_iou: float = 0.75               # predicted IoU of ROI Y
     min_prototype_cosine: float = 0.6   # same-modality pairs score > 0.9; CT↔MR about 0.6–0.8
-    size_ratio_range: tuple[float, float] = (0.75, 1.33)
+    size_tolerance: float = 1.33        # ROI Y's cross-section over ROI X's may differ from the pairs' common scale
+                                        # by this factor either way (one pair: from 1); see agree_on_size
     duplicate_dice: float = 0.8
     max_pairs: int = 24
-    fallback_auto_pairs: int = 8        # sampled instead when every user pair fails and none were asked for (0: never)
+    fallback_auto_pairs: int = 8        # sampled instead when every user pair fails and auto_pairs was left unset
     seed: int = 0
     inverse: InverseOptions = field(default_factory=InverseOptions)
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+#: why a pair the user rejected is not used
+USER_REJECTED = "rejected by the user"
 
 
 @dataclass
@@ -51,35 +58,12 @@ class ROIPair:
     accepted: bool = True
     rejected_because: str = ""
 
+    @property
+    def rejected_by_user(self) -> bool:
+        return self.rejected_because == USER_REJECTED
 
-#: border pixels within this of the border's median count as background (window units)
-BACKGROUND_TOLERANCE = 0.1
-
-
-def background_level(view: View) -> float | None:
-    """The value (window units) most of the image's border shares — air around a CT or MR, the glass around a
-    brightfield slide — or None where the border shares no value (a photograph filled to its edges)."""
-    array, (low, high) = view.image.array, view.window
-    faces = [np.take(array, [0, -1], axis=axis).ravel() for axis in range(array.ndim)]
-    border = np.clip((np.concatenate(faces).astype(np.float32) - low) / (high - low), 0.0, 1.0)
-    background = float(np.median(border))
-    return background if np.mean(np.abs(border - background) < BACKGROUND_TOLERANCE) >= 0.5 else None
-
-
-def foreground_mask(view: View) -> np.ndarray:
-    """Where the subject is, on the view: on a dark background (CT, MR) voxels brighter than half the mean (at least
-    0.1 window units), on a bright one (a brightfield slide) voxels darker by as much, and where the border shares
-    no :func:`background_level` (a photograph) every voxel inside the image."""
-    values = view.intensities01
-    background = background_level(view)
-    if background is not None and background < 0.5:
-        return values > max(0.1, float(values.mean()) * 0.5)
-    d = view.image.dimension
-    inside = view.image.contains_index(view.image.lps_to_index(view.points_lps().reshape(-1, d))).reshape(values.shape)
-    if background is None:
-        return inside
-    darkness = (1.0 - values) * inside
-    return darkness > max(0.1, float(darkness.mean()) * 0.5)
+    def reject_by_user(self) -> None:
+        self.accepted, self.rejected_because = False, USER_REJECTED
 
 
 def sample_prompts(view: View, count: int, exclude: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
@@ -107,7 +91,6 @@ def pair_without_roi_x(name: str, roi_x: ROI, moving: View, prompt_x_lps: np.nda
 def gate(pair: ROIPair, options: PairOptions) -> str:
     """Why a pair is rejected ('' if it passes)."""
     q = pair.quality
-    low, high = options.size_ratio_range
     if not pair.roi_y.mask.any():
         return "no ROI Y found"
     if not q.get("cycle_ok", False):
@@ -118,13 +101,39 @@ def gate(pair: ROIPair, options: PairOptions) -> str:
         return f"low predicted IoU of ROI Y ({q['iou_y']:.2f})"
     if q["prototype_cosine"] < options.min_prototype_cosine:
         return f"ROI Y does not resemble ROI X (prototype cosine {q['prototype_cosine']:.2f})"
-    if not low <= q["size_ratio"] <= high:
-        return f"size ratio {q['size_ratio']:.2f} outside [{low}, {high}]"
     return ""
 
 
-def segment_prompts(view: View, points_lps: list[np.ndarray], boxes_lps: list[np.ndarray] = (),
-                    progress=None) -> list[ROI]:
+SIZE_REASON = "size ratio"
+
+
+def agree_on_size(pairs: list[ROIPair], options: PairOptions) -> float:
+    """Judge each pair's size ratio (ROI Y's largest cross-section over ROI X's) against the scale the pairs agree
+    on — two people's organs differ in size together, so one common factor, not 1, is what a right pair shows —
+    and reject the pairs that disagree with it by more than ``size_tolerance``. The common scale is the weighted
+    median ratio of the pairs that pass every other check (1 with fewer than two: nothing to agree with); a pair
+    rejected for size before is judged again. Returns the common scale."""
+    candidates = [p for p in pairs if p.accepted or p.rejected_because.startswith(SIZE_REASON)]
+    ratios = np.array([max(p.quality.get("size_ratio", 0.0), 1e-6) for p in candidates])
+    scale = 1.0
+    if len(candidates) >= 2:
+        weights = np.array([p.quality["iou_x"] * p.quality["iou_y"] for p in candidates])
+        order = np.argsort(ratios)
+        cumulative = np.cumsum(weights[order])
+        scale = float(ratios[order][np.searchsorted(cumulative, cumulative[-1] / 2)])
+    low, high = scale / options.size_tolerance, scale * options.size_tolerance
+    for pair, ratio in zip(candidates, ratios):
+        pair.quality["common_scale"] = scale
+        if low <= ratio <= high or pair.source == "user pair":  # the user said these correspond
+            pair.accepted, pair.rejected_because = True, ""
+        else:
+            pair.accepted = False
+            pair.rejected_because = (f"{SIZE_REASON} {ratio:.2f} disagrees with the pairs' common scale {scale:.2f} "
+                                     f"(allowed {low:.2f}–{high:.2f})")
+    return scale
+
+
+def segment_prompts(view: View, points_lps: list[np.ndarray], boxes_lps: list[np.ndarray] = ()) -> list[ROI]:
     """One ROI per click and per box (two opposite LPS corners), in that order, grown together."""
     seeds, ranges = [], []
     for point in points_lps:
@@ -134,7 +143,7 @@ def segment_prompts(view: View, points_lps: list[np.ndarray], boxes_lps: list[np
         seed, k_range = view.seed_from_box(corners)
         seeds.append(seed)
         ranges.append(k_range)
-    return view.grow(seeds, ranges, progress) if seeds else []
+    return view.grow(seeds, ranges) if seeds else []
 
 
 def find_pairs(fixed: View, moving: View, points_lps: list[np.ndarray], boxes_lps: list[np.ndarray],
@@ -182,11 +191,12 @@ def find_pairs(fixed: View, moving: View, points_lps: list[np.ndarray], boxes_lp
         report("inverse prompting", index / max(1, len(user_rois) + auto_pairs))
         pairs.append(make_pair(roi_x, prompt, "user", f"Prompt {index + 1}"))
 
+    agree_on_size(pairs, options)
     accepted = [p for p in pairs if p.accepted]
     if accepted:  # the user's pairs tell where to look for the sampled ones
         prior = update_prior(fixed, moving, accepted, prior)
     source = "auto"
-    if pairs and not accepted and auto_pairs == 0 and options.fallback_auto_pairs > 0:
+    if pairs and not accepted and auto_pairs == 0 and options.auto_pairs is None and options.fallback_auto_pairs > 0:
         source, auto_pairs = "fallback", options.fallback_auto_pairs  # something sensible rather than nothing
     if auto_pairs > 0:
         held = np.zeros(fixed.shape, dtype=bool)
@@ -199,6 +209,7 @@ def find_pairs(fixed: View, moving: View, points_lps: list[np.ndarray], boxes_lp
             if not roi_x.mask.any() or any(dice(roi_x.mask, p.roi_x.mask) > options.duplicate_dice for p in pairs):
                 continue
             pairs.append(make_pair(roi_x, prompt, source, f"Auto {index + 1}"))
+    agree_on_size(pairs, options)
     return deduplicate(pairs, options)
 
 
@@ -218,8 +229,6 @@ def given_pair(fixed: View, moving: View, roi_x: ROI, prompt_x_lps: np.ndarray, 
 def update_prior(fixed: View, moving: View, pairs: list[ROIPair], prior: AffinePrior | None = None) -> AffinePrior:
     """Affine prior from the centroids of accepted pairs, ridge-regularised towards ``prior``'s matrix (a turn found
     by :mod:`.orientation`, else the identity): one pair moves it, several may bend it."""
-    from ..transform.fit import closed_form_affine
-
     matrix = prior.matrix if prior is not None else np.eye(fixed.image.dimension)
     fixed_centroids = np.array([fixed.centroid_lps(p.roi_x.mask) for p in pairs])
     moving_centroids = np.array([moving.centroid_lps(p.roi_y.mask) for p in pairs])

@@ -1,4 +1,4 @@
-"""Dense refinement on the model's own features (issue I).
+"""Dense refinement on the model's own features.
 
 The encoder features of both images — already computed for prompting — describe anatomy in a way that does not
 depend on the modality (SAM's encoder was the best frozen registration feature among the foundation models
@@ -21,8 +21,11 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
+from ..core.grid import Grid, covering_grid, sample_on_grid
 from ..core.image import Image
-from ..core.grid import Grid
+from ..views.foreground import foreground_mask
+from ..views.slices import windowed
+from .mind import describe, descriptor_grid
 
 
 @dataclass
@@ -72,8 +75,6 @@ def project(values: torch.Tensor, mean: torch.Tensor, basis: torch.Tensor, chunk
 def feature_pair(fixed_view, moving_view, channels: int = 24, descriptors: bool = False) -> FeaturePair | None:
     """The projected features of both views (encoding the slices not yet encoded); None where a view has none.
     With ``descriptors``, also both images' MIND-SSC (:func:`descriptor_pair`)."""
-    from ..prompting.pairs import foreground_mask
-
     generator, vectors, grids = torch.Generator().manual_seed(0), [], []
     for view in (fixed_view, moving_view):  # one raw volume in memory at a time (~300 MB on a clinical grid)
         volume = view.feature_volume()
@@ -95,10 +96,6 @@ def feature_pair(fixed_view, moving_view, channels: int = 24, descriptors: bool 
 def descriptor_pair(fixed_view, moving_view, foreground: Image) -> FeaturePair:
     """MIND-SSC of both views' windowed images, each on an isotropic grid along the fixed view's axes; the moving
     grid's spacing is the fixed one's in the moving image's units (photographs of other pixel sizes)."""
-    from .mind import describe, descriptor_grid
-    from ..core.grid import covering_grid
-    from ..views.slices import windowed
-
     direction = fixed_view.grid.direction
     finest = float(fixed_view.grid.spacing[0])
     spacing = max(descriptor_grid(fixed_view.image, direction, finest).spacing[0],
@@ -111,17 +108,6 @@ def descriptor_pair(fixed_view, moving_view, foreground: Image) -> FeaturePair:
     return FeaturePair(fixed, grids[0], moving, grids[1], foreground, int(fixed.shape[0]))
 
 
-def sample(values: torch.Tensor, grid: Grid, points_lps: torch.Tensor) -> torch.Tensor:
-    """``values`` (c, *grid shape) at LPS points (N, d), linear, 0 outside: (c, N)."""
-    matrix, offset = grid.normalised_map()
-    dimension = grid.dimension
-    coordinates = points_lps @ torch.as_tensor(matrix.T, dtype=torch.float32) + torch.as_tensor(offset,
-                                                                                                dtype=torch.float32)
-    coordinates = coordinates.reshape(1, *([1] * (dimension - 1)), -1, dimension)
-    sampled = F.grid_sample(values[None], coordinates, mode="bilinear", padding_mode="zeros", align_corners=True)
-    return sampled.reshape(values.shape[0], -1)
-
-
 #: fixed-anatomy points the feature term compares (a random subset of the fit's working grid beyond this)
 MAX_POINTS = 20_000
 
@@ -130,7 +116,7 @@ class FeatureLoss:
     """1 − mean cosine between fixed features and moving features sampled through φ, over the fixed anatomy.
 
     Built for the fit's working ``reference`` grid: :meth:`loss` takes the moved positions of all its voxels
-    (in the order of :func:`PromptRegLib.transform.fit.grid_points_lps`). Moving samples outside the moving image count
+    (in the order of :func:`PromptRegLib.transform.field.grid_points_lps`). Moving samples outside the moving image count
     as dissimilar (cosine 0)."""
 
     def __init__(self, pair: FeaturePair, reference: Image, points: torch.Tensor, max_points: int = MAX_POINTS):
@@ -145,7 +131,8 @@ class FeatureLoss:
             chosen = torch.randperm(len(index), generator=torch.Generator().manual_seed(0))[:max_points]
             index = index[torch.sort(chosen).values]
         self.index = index
-        self.fixed = F.normalize(sample(pair.fixed, pair.fixed_grid, points[self.index]), dim=0)
+        self.anatomy = foreground & inside     # (N,) the working grid's voxels on the fixed anatomy
+        self.fixed = F.normalize(sample_on_grid(pair.fixed, pair.fixed_grid, points[self.index]), dim=0)
         self.moving = torch.cat([pair.moving, torch.ones(1, *pair.moving.shape[1:])])
         self.moving_grid = pair.moving_grid
 
@@ -153,7 +140,7 @@ class FeatureLoss:
         """Mean cosine similarity over the fixed anatomy."""
         if len(self.index) == 0:
             return moved_points.new_zeros(())
-        sampled = sample(self.moving, self.moving_grid, moved_points[self.index])
+        sampled = sample_on_grid(self.moving, self.moving_grid, moved_points[self.index])
         inside = sampled[-1].clamp(0, 1)
         cosine = (self.fixed * F.normalize(sampled[:-1], dim=0)).sum(0) * inside
         return cosine.mean()

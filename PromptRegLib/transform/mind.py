@@ -1,4 +1,4 @@
-"""MIND-SSC: a hand-made, modality-independent local structure descriptor (issue I).
+"""MIND-SSC: a hand-made, modality-independent local structure descriptor.
 
 The encoder's features live on a grid of one cell per 4 model pixels (6 mm on the chest CT's slices): they place
 organs, not edges. MIND-SSC (Heinrich et al., MICCAI 2013: "Towards realtime multimodal fusion for image-guided
@@ -9,7 +9,7 @@ contrast or sign, so CT and MR, or two stains, give comparable descriptors at im
 
 Hand-written (about 30 lines of torch): no maintained package on the index computes it for numpy/torch volumes.
 Each image is resampled (anti-aliased) onto a physical grid before describing it, so the descriptor does not
-depend on how finely the image is stored (issue J).
+depend on how finely the image is stored.
 """
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from ..core.image import Image
 from ..core.grid import Grid, covering_grid, resample_onto
+from ..core.image import Image
 
 #: descriptor grids hold about this many voxels at most (3D: ~130³; 12 channels of float32 ≈ 100 MB an image)
 MAX_DESCRIPTOR_VOXELS = 2_000_000

@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..errors import PromptError
-from ..core.image import Image, lps_to_ras
 from ..core.grid import Grid, resample_mask
+from ..core.image import Image, require_inside
+from ..core.progress import Progress, ignore
+from ..errors import PromptError
 
 
 @dataclass
@@ -28,6 +29,7 @@ class Seed:
     prompt_lps: np.ndarray
     slice_index: int
     state: object = None      # the view's own record of how it was decoded (a box, a cube and its logits)
+    window: int = 0           # which of the view's intensity windows the model saw it in (SliceView.windows)
 
 
 @dataclass
@@ -57,6 +59,7 @@ class View(ABC):
     intensities01: np.ndarray       # (K, R, C) float32 in [0, 1], the model's view of the image
     window: tuple[float, float]     # intensity window mapped to [0, 1]
     unit_mm: float = 1.0            # this view's mm per fixed-view mm (photographs of other pixel sizes: make_views)
+    progress: Progress = ignore     # told how encoding proceeds (core.progress)
 
     # --- geometry, shared -------------------------------------------------------------------------------
     @property
@@ -110,9 +113,7 @@ class View(ABC):
         if point.size != self.image.dimension:
             raise PromptError(f"prompt {_plain(point)} has {point.size} coordinates but {self.image.source} is "
                               f"{self.image.dimension}D.")
-        if not self.image.contains_index(self.image.lps_to_index(point[None]))[0]:
-            raise PromptError(f"prompt at RAS {_plain(lps_to_ras(point))} mm lies outside {self.image.source} "
-                              f"(size {tuple(self.image.size)}, spacing {_plain(self.image.spacing)} mm).")
+        require_inside(self.image, point)
         return point
 
     def _on_grid(self, mask: np.ndarray) -> np.ndarray:
@@ -183,8 +184,15 @@ class View(ABC):
         """The region at a point given as corresponding to another region (a user's Prompt Y), prompted as inverse
         prompting prompts a peak: sized like a region of ``half_extent_mm`` (along K, R, C)."""
 
+    def seed_at_expected(self, point_lps: np.ndarray, half_extent_mm: np.ndarray) -> Seed | None:
+        """The region where a mapping expects another region (inverse prompting's candidate beside the similarity
+        peaks), prompted like a peak; None where the point lies outside the image."""
+        if not self.image.contains(np.asarray(point_lps, dtype=float)[None])[0]:
+            return None
+        return self.seed_sized_at(point_lps, half_extent_mm)
+
     @abstractmethod
-    def grow(self, seeds: list[Seed], k_ranges: list[tuple[int, int]] | None = None, progress=None) -> list[ROI]:
+    def grow(self, seeds: list[Seed], k_ranges: list[tuple[int, int]] | None = None) -> list[ROI]:
         """Complete seeds into regions (slice views propagate through slices; cubes refine once)."""
 
 

@@ -14,11 +14,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import InputImageError, PromptError
-from ..core.image import Image
-from .base import ROI, Seed, View
 from ..core.grid import Grid, covering_grid, resample_onto
+from ..core.image import Image
 from ..core.regions import clean_mask
+from ..errors import Cancelled, InputImageError, PromptError
+from .base import ROI, Seed, View
 from .slices import intensity_window, windowed
 
 #: cube orientation for models that do not say (``model.cube_axes_lps``): RAS+, as the public SAM-Med3D inference
@@ -61,8 +61,6 @@ class CubeView(View):
     # --- cubes ------------------------------------------------------------------------------------------
     def cube_at(self, centre_lps: np.ndarray) -> Cube:
         """The cube centred on (a lattice point near) ``centre_lps``, encoded once."""
-        from ..errors import Cancelled
-
         step = float(self.model.spacing_mm)
         size = int(self.model.cube_size)
         lattice = np.round(self.direction.T @ np.asarray(centre_lps, dtype=float) / step)
@@ -173,7 +171,7 @@ class CubeView(View):
         """A positive point, as for a peak (SAM-Med3D takes no box; the region's size is the model's to find)."""
         return self.seed_from_point(point_lps)
 
-    def grow(self, seeds, k_ranges=None, progress=None) -> list[ROI]:
+    def grow(self, seeds, k_ranges=None) -> list[ROI]:
         """Each seed refined once with its own mask as the mask prompt (the auxiliary prompt), when that helps."""
         rois = []
         for seed in seeds:

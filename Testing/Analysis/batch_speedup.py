@@ -1,4 +1,4 @@
-"""Issue M's target: N pairs sharing one fixed image (an atlas) in ``promptreg batch`` vs N × one pair.
+"""N pairs sharing one fixed image (an atlas) in ``promptreg batch`` vs N × one pair.
 
 Builds a cohort of N follow-ups of the shared chest CT: the shared deformed copy (``pair3d_moving.nrrd``) and
 N − 1 copies under seeded random rigid motions (±4°, ±8 mm) with noise, each with its truth transform and moved

@@ -1,4 +1,4 @@
-"""How well can LiteMedSAM segment ctchest4's body from boxes at all? (issue A's body target)
+"""How well can LiteMedSAM segment ctchest4's body from boxes at all?
 
 Prompts every axial slice with the *true* body box (grown by a margin) — boxes no click can beat — and
 scores the body and the tissue (body minus our lung ROIs, label 7) against the shipped labels. Run:
@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from PromptRegLib.core.grid import resample_onto
 from PromptRegLib.core.image import ras_to_lps, read_image
+from PromptRegLib.core.regions import dice, expand_box, mask_box
 from PromptRegLib.models import load_model
 from PromptRegLib.prompting.pairs import segment_prompts
 from PromptRegLib.views import make_view
-from PromptRegLib.core.grid import resample_onto
-from PromptRegLib.core.regions import dice, expand_box, mask_box
 
 LUNG_CLICKS_RAS = [(-71.2, -33.6, -140.2), (75.0, -33.6, -140.2)]
 MARGINS = (0.0, 0.02, 0.05, 0.1, 0.2)

@@ -21,11 +21,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "Python"))
 
 from test_storage_invariance import resampled  # noqa: E402
 
-from PromptRegLib.apps.bench import load_cases  # noqa: E402
+from PromptRegLib.apps.bench.cases import load_cases  # noqa: E402
 from PromptRegLib.core.image import Image, ras_to_lps  # noqa: E402
+from PromptRegLib.core.regions import dice  # noqa: E402
 from PromptRegLib.models import load_model  # noqa: E402
 from PromptRegLib.views import make_views  # noqa: E402
-from PromptRegLib.core.regions import dice  # noqa: E402
 
 NUDGES_MM = [(2.0, 0.0, 0.0), (-2.0, 0.0, 0.0), (0.0, 2.0, 0.0), (0.0, -2.0, 0.0)]
 

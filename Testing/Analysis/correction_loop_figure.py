@@ -22,7 +22,9 @@ sys.path.insert(0, str(REPO / "Testing" / "Python"))
 
 
 def _logic_module():
-    from test_mrml_results import _import_module_without_qt  # the same Qt stand-ins the MRML tests use
+    from test_mrml_results import (
+        _import_module_without_qt,  # the same Qt stand-ins the MRML tests use
+    )
     return _import_module_without_qt()
 
 
@@ -114,7 +116,7 @@ def main() -> None:
 
     import slicer
 
-    from PromptRegLib.apps.bench import load_cases
+    from PromptRegLib.apps.bench.cases import load_cases
     PromptReg = _logic_module()
     from PromptRegSlicer import mrml
 

@@ -12,9 +12,10 @@ import json
 import time
 from dataclasses import replace
 
-from PromptRegLib.apps.bench import load_cases, score
-from PromptRegLib.transform.fit import FitOptions
+from PromptRegLib.apps.bench.cases import load_cases
+from PromptRegLib.apps.bench.scoring import score
 from PromptRegLib.pipeline.registration import PairOptions, refit_transform, register
+from PromptRegLib.transform.fit import FitOptions
 
 VARIANTS = {
     "pairs only": FitOptions(feature_weight=0.0),

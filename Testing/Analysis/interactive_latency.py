@@ -1,4 +1,4 @@
-"""What bounds a second click's latency (issue J: ≤ 1 s once the images are encoded)?
+"""What bounds a second click's latency (≤ 1 s once the images are encoded)?
 
 Registers a bench case once (pairs only; the views keep every embedding in memory), then pairs the case's first
 click again and counts what that costs: decoder calls, boxes decoded, seconds per box. Run:
@@ -8,7 +8,8 @@ import argparse
 import time
 from pathlib import Path
 
-from PromptRegLib.apps.bench import load_cases, prepare_case, second_click_seconds
+from PromptRegLib.apps.bench.cases import load_cases, prepare_case
+from PromptRegLib.apps.bench.methods import second_click_seconds
 from PromptRegLib.pipeline.registration import register
 
 

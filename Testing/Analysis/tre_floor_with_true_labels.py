@@ -1,4 +1,4 @@
-"""What TRE can a Dice-driven fit reach on ctchest4's 3D pair, given *perfect* ROI pairs? (issue B's TRE target)
+"""What TRE can a Dice-driven fit reach on ctchest4's 3D pair, given *perfect* ROI pairs?
 
 Runs PromptReg's three user pairs (left lung, right lung, body), then replaces the ROI masks by the true
 labels of the fixed and moving images — the best any segmenter could give — optionally adds more true
@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from PromptRegLib.apps.bench import load_cases, score
-from PromptRegLib.transform.metrics import labelled_points, transform_points
-from PromptRegLib.pipeline.registration import refit_transform, register
+from PromptRegLib.apps.bench.cases import load_cases
+from PromptRegLib.apps.bench.scoring import score
 from PromptRegLib.core.grid import resample_onto
+from PromptRegLib.pipeline.registration import refit_transform, register
+from PromptRegLib.transform.metrics import labelled_points, transform_points
 
 LABEL_SETS = {"ours (LiteMedSAM ROIs)": None, "true lungs + body": (), "+ thoracic spine": (3,),
               "+ ribs, thoracic spine": (1, 3), "+ ribs and all vertebrae": (1, 2, 3, 4)}

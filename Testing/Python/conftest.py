@@ -37,7 +37,7 @@ def model(cache_dir):
 
 @pytest.fixture(scope="session")
 def ct_case(data_dir):
-    from PromptRegLib.apps.bench import load_cases
+    from PromptRegLib.apps.bench.cases import load_cases
 
     return {c.name: c for c in load_cases(data_dir)}
 
@@ -57,8 +57,8 @@ def registered_3d(ct_case, model, tmp_path_factory):
     inputs = [case.path(case.fixed), case.path(case.moving)]
     before = [digest(p) for p in inputs]
     stages = []
-    result = register(case.path(case.fixed), case.path(case.moving), case.prompts_ras,
-                      cache=model.cache, progress=lambda stage, fraction: stages.append((stage, fraction)))
+    result = register(case.path(case.fixed), case.path(case.moving), case.prompts_ras, model=model,
+                      progress=lambda stage, fraction, *count: stages.append((stage, fraction)))
     output = tmp_path_factory.mktemp("reg3d") / "out"
     write_registration(result, output)
     return case, result, output, stages, before, inputs

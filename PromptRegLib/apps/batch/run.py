@@ -3,7 +3,7 @@
 Without a scheduler address a ``LocalCluster`` is started, sized to this machine: worker *processes*, one pair at
 a time each, ``threads_per_worker`` compute threads per pair (default 2, or the cores shared among ``workers``), as
 many workers as the cores and the memory the largest pair needs allow. With ``scheduler="tcp://host:8786"`` the pairs go to an existing cluster (a plain
-``dask scheduler`` / ``dask worker`` set-up or ``dask-jobqueue``; see the README).
+``dask scheduler`` / ``dask worker`` set-up or ``dask-jobqueue``; see docs/cohorts.md).
 
 Rows sharing a fixed image (an atlas) first get one task encoding it; their pairs wait for it and find its
 embeddings in the embedding cache (the worker's memory, or the disk cache every worker that shares
@@ -22,7 +22,7 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
-from ...errors import Cancelled, OutputError, PromptRegError
+from ...errors import Cancelled, OutputError, UsageError
 from .summary import read_summary, write_summary
 from .table import PairRow, read_pairs
 from .task import DETERMINISTIC_EXIT_CODES, encode_fixed, register_row
@@ -32,10 +32,8 @@ ALLOWED_WORKER_DEATHS = 1
 KILLED_EXIT_CODE = 137
 
 
-class BatchSetupError(PromptRegError):
+class BatchSetupError(UsageError):
     """Dask is missing, or the scheduler cannot be reached."""
-
-    exit_code = 2
 
 
 def _import_dask():

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from ...errors import InputImageError
 from ...core.image import Image, ras_to_lps, read_image
+from ...errors import InputImageError
 
 
 def _read_labels(path: str) -> sitk.Image:
@@ -13,7 +13,7 @@ def _read_labels(path: str) -> sitk.Image:
 
 
 def _read_points_lps(path: str, dimension: int) -> np.ndarray:
-    from ...io.outputs import read_markups
+    from ...io.points import read_markups
 
     return np.array([ras_to_lps(p)[:dimension] for p in read_markups(path)]).reshape(-1, dimension)
 
@@ -23,7 +23,13 @@ def score_row(scoring: dict[str, str], fixed: Image, transform: sitk.Transform |
     ``dice`` {label: Dice} and ``dice_mean`` from ``fixed_labels`` + ``moving_labels``; ``tre_mm`` against the
     ``truth`` transform at the fixed labels' voxels (without labels, at the fixed image's voxels);
     ``tre_landmarks_mm`` between ``fixed_landmarks`` mapped through the transform and ``moving_landmarks``."""
-    from ...transform.metrics import dice_per_label, labelled_points, target_registration_error, transform_points, warp_labels
+    from ...transform.metrics import (
+        dice_per_label,
+        labelled_points,
+        target_registration_error,
+        transform_points,
+        warp_labels,
+    )
 
     row: dict = {}
     fixed_labels = None

@@ -18,21 +18,19 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ...errors import PromptRegError
+from ...errors import UsageError
+from ...pipeline.options import OPTION_NAMES
 
 REQUIRED_COLUMNS = ("id", "fixed", "moving")
-OPTION_COLUMNS = ("model", "checkpoint", "device", "transform", "auto_pairs", "warps", "bending", "feature_weight",
-                  "mind_weight", "prompt_px")
+OPTION_COLUMNS = tuple(OPTION_NAMES) + ("prompt_px",)
 SCORING_COLUMNS = ("fixed_labels", "moving_labels", "truth", "fixed_landmarks", "moving_landmarks")
 PATH_COLUMNS = ("fixed", "moving", "checkpoint") + SCORING_COLUMNS
 KNOWN_COLUMNS = REQUIRED_COLUMNS + ("prompts",) + OPTION_COLUMNS + SCORING_COLUMNS
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
 
 
-class PairsTableError(PromptRegError):
+class PairsTableError(UsageError):
     """The pairs table cannot be used as a whole (unreadable, a missing column, a duplicate or unsafe id)."""
-
-    exit_code = 2
 
 
 @dataclass

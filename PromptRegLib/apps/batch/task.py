@@ -16,24 +16,38 @@ import time
 import traceback
 from pathlib import Path
 
-from ...errors import InputImageError, PromptRegError
+from ...core.image import read_image
+from ...errors import (
+    CheckpointError,
+    InputImageError,
+    MemoryLimitError,
+    PromptError,
+    PromptRegError,
+    RegistrationError,
+    UsageError,
+)
+from ...io.outputs import write_registration
+from ...io.points import parse_point, parse_point_list, read_markups
+from ...models import load_model
+from ...pipeline.options import Prompts, RegistrationOptions
+from ...pipeline.registration import register
+from ...views import make_views
+from .scoring import score_row
 from .table import PairRow
 
-#: exit codes that the same row and files will give again: a re-run does not retry them unless asked
-DETERMINISTIC_EXIT_CODES = (2, 3, 4, 5, 7)
 
-
-class RowOptionError(PromptRegError):
+class RowOptionError(UsageError):
     """A per-row option of the pairs table has a value PromptReg cannot use."""
 
-    exit_code = 2
+
+#: exit codes that the same row and files will give again: a re-run does not retry them unless asked
+DETERMINISTIC_EXIT_CODES = tuple(error.exit_code for error in (RowOptionError, InputImageError, PromptError,
+                                                               CheckpointError, RegistrationError))
 
 
 @functools.lru_cache(maxsize=2)
 def worker_model(name: str, checkpoint: str | None, device: str):
     """The model, loaded once per process (the worker keeps its weights and in-memory embeddings)."""
-    from ...models import load_model
-
     return load_model(name, checkpoint, device)
 
 
@@ -73,22 +87,8 @@ def _set_threads(threads: int | None) -> None:
         torch.set_num_threads(int(threads))
 
 
-def _number(row: PairRow, key: str, kind):
-    value = row.options.get(key)
-    if value is None:
-        return None
-    try:
-        return kind(value)
-    except ValueError:
-        raise RowOptionError(f"column {key}: {value!r} is not a {'whole number' if kind is int else 'number'}.") \
-            from None
-
-
 def prompts_of(row: PairRow) -> tuple[list, list]:
     """The row's clicks: (RAS mm points, fixed-image pixel points)."""
-    from ..cli import parse_point, parse_point_list
-    from ...io.outputs import read_markups
-
     cell = row.prompts
     if cell.endswith(".json"):
         points = read_markups(cell)
@@ -98,30 +98,12 @@ def prompts_of(row: PairRow) -> tuple[list, list]:
     return points, pixels
 
 
-def options_of(row: PairRow, clicks: int):
-    """PairOptions and FitOptions from the row's columns; no clicks and no ``auto_pairs``: the bench's
-    zero-click number of sampled prompts."""
-    from ..bench import DEFAULT_AUTO_PAIRS
-    from ...transform.fit import FitOptions
-    from ...prompting.pairs import PairOptions
-
-    auto_pairs = _number(row, "auto_pairs", int)
-    if auto_pairs is None and clicks == 0:
-        auto_pairs = DEFAULT_AUTO_PAIRS
-    transform = row.options.get("transform", "deformable")
-    if transform not in ("affine", "deformable"):
-        raise RowOptionError(f"column transform: {transform!r}; use affine or deformable.")
-    fit_options = FitOptions(transform=transform)
-    for key, attribute in (("bending", "bending_weight"), ("feature_weight", "feature_weight"),
-                           ("mind_weight", "descriptor_weight")):
-        value = _number(row, key, float)
-        if value is not None:
-            setattr(fit_options, attribute, value)
-    return PairOptions(auto_pairs=auto_pairs, warps=_number(row, "warps", int)), fit_options
-
-
-def _model_key(row: PairRow) -> tuple[str, str | None, str]:
-    return row.options.get("model", "litemedsam"), row.options.get("checkpoint"), row.options.get("device", "auto")
+def options_of(row: PairRow) -> RegistrationOptions:
+    """The row's options, from its option columns (their names are the options' outside names)."""
+    try:
+        return RegistrationOptions.from_mapping(row.options)
+    except UsageError as error:
+        raise RowOptionError(f"this row's {error}") from None
 
 
 def _where() -> str:
@@ -132,7 +114,7 @@ def register_row(row: PairRow, output_root: str, threads: int | None = None, _af
     """Register one row into ``output_root/<id>/``; a record (status, exit code, message, seconds, peak MB, pairs
     used, folding, scores). ``_after`` only orders the task after another (the shared fixed image's encoding)."""
     started = time.perf_counter()
-    record = {"id": row.id, "status": "failed", "exit_code": 1, "message": "", "worker": _where(),
+    record = {"id": row.id, "status": "failed", "exit_code": PromptRegError.exit_code, "message": "", "worker": _where(),
               "fingerprint": row.fingerprint()}
     memory = PeakMemory()
     try:
@@ -143,29 +125,25 @@ def register_row(row: PairRow, output_root: str, threads: int | None = None, _af
     except PromptRegError as error:
         record.update(exit_code=error.exit_code, message=str(error))
     except MemoryError:
-        record.update(exit_code=8, message="ran out of memory; give each worker more memory (fewer workers) or "
+        record.update(exit_code=MemoryLimitError.exit_code, message="ran out of memory; give each worker more memory (fewer workers) or "
                                            "crop the images.")
     except Exception as error:  # a bug: one line in the summary, the traceback in the worker's log
         traceback.print_exc()
-        record.update(exit_code=1, message=f"internal error: {type(error).__name__}: {error}")
+        record.update(exit_code=PromptRegError.exit_code, message=f"internal error: {type(error).__name__}: {error}")
     record.update(seconds=round(time.perf_counter() - started, 2), peak_mb=round(memory.peak_mb, 1))
     return record
 
 
 def _register(row: PairRow, output_root: Path) -> dict:
-    from ...io.outputs import write_registration
-    from ...pipeline.registration import register
-    from .scoring import score_row
-
     for role in ("fixed", "moving"):
         if not getattr(row, role):
             raise InputImageError(f"row {row.id} (line {row.line}) names no {role} image.")
     points, pixels = prompts_of(row)
-    pair_options, fit_options = options_of(row, len(points) + len(pixels))
-    segmenter = worker_model(*_model_key(row))
+    options = options_of(row)
+    segmenter = worker_model(options.model, options.checkpoint, options.device)
     hits, misses = segmenter.cache.hits, segmenter.cache.misses
-    result = register(row.fixed, row.moving, points, (), pair_options=pair_options, fit_options=fit_options,
-                      prompts_px=pixels, segmenter=segmenter)
+    result = register(row.fixed, row.moving, Prompts(points_ras=tuple(points), points_px=tuple(pixels)), options,
+                      model=segmenter)
     transform = result.transform.to_sitk()
     scores: dict = {}
     if row.scoring:
@@ -191,10 +169,8 @@ def encode_fixed(row: PairRow, threads: int | None = None) -> dict:
     started = time.perf_counter()
     try:
         _set_threads(threads)
-        from ...core.image import read_image
-        from ...views import make_views
-
-        segmenter = worker_model(*_model_key(row))
+        options = options_of(row)
+        segmenter = worker_model(options.model, options.checkpoint, options.device)
         fixed_view, _ = make_views(segmenter, read_image(row.fixed), read_image(row.moving))
         fixed_view.feature_volume()
         return {"fixed": row.fixed, "encoded": fixed_view.encoded, "seconds": round(time.perf_counter() - started, 2),
