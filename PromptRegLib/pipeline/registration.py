@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
 
 from ..core.grid import AXIS_NAMES
 from ..core.image import (
@@ -30,9 +31,11 @@ from ..models import load_model
 from ..prompting.orientation import found_turn, orientation_prior
 from ..prompting.pairs import ROIPair, find_pairs, initial_prior
 from ..transform.features import feature_pair
-from ..transform.field import FittedTransform
+from ..transform.field import JACOBIAN_VOXELS, FittedTransform, jacobian_determinant, working_reference
 from ..transform.fit import FitOptions, fit_without_folding
+from ..transform.metrics import folding_fraction, sdlogj
 from ..views import View, make_views
+from ..views.foreground import foreground_mask
 from .options import Prompts, RegistrationOptions
 
 #: at most this many prompts are paired (each costs an inverse search); more ask for sampled pairs instead
@@ -207,7 +210,7 @@ def register_views(views: Views, prompts: Prompts, options: RegistrationOptions,
                      "timings_s": {"load": 0.0, "pairs": time.perf_counter() - started}}
     if not options.pairs_only:
         refit_transform(result, fit_options, progress=report, cancel=cancel, features=features)
-    result.report["encoder"] = segmenter.encoder_work.since(work, segmenter.gflop_per_slice)
+    result.report["encoder"] = segmenter.encoder_work.since(work, getattr(segmenter, "gflop_per_slice", None))
     result.report["encoded"] = {"fixed": fixed_view.encoded, "moving": moving_view.encoded}
     return result
 
@@ -226,6 +229,19 @@ def _describe(view: View) -> dict:
     """The working grid a view saw its image on, for the report."""
     return {"size": list(view.grid.size), "spacing_mm": [round(float(v), 4) for v in view.grid.spacing],
             "direction": np.round(view.grid.direction, 6).tolist()}
+
+
+def jacobian_measures(transform: FittedTransform, fixed_view: View) -> dict:
+    """The field's folding fraction and SDlogJ over the fixed image's foreground (:mod:`~PromptRegLib.views.
+    foreground`), on the grid its Jacobian was computed on."""
+    reference = working_reference(transform.fixed_reference, JACOBIAN_VOXELS)
+    jacobian = transform.jacobian if transform.jacobian is not None else jacobian_determinant(transform)
+    foreground = fixed_view.mask_image(foreground_mask(fixed_view))
+    on_grid = sitk.Resample(foreground.sitk_image, reference.sitk_image, sitk.Transform(), sitk.sitkNearestNeighbor,
+                            0.0)
+    where = sitk.GetArrayViewFromImage(on_grid) > 0.5
+    return {"folding_foreground": folding_fraction(jacobian, where), "sdlogj": sdlogj(jacobian, where),
+            "over": "fixed foreground", "voxels": int(where.sum())}
 
 
 def refit_transform(result: RegistrationResult, fit_options: FitOptions | None = None, progress=None,
@@ -257,6 +273,7 @@ def refit_transform(result: RegistrationResult, fit_options: FitOptions | None =
                                                       turn=found_turn(result.report, result.fixed_image.dimension),
                                                       progress=span(progress, 0.8, 0.95))
     result.transform = transform
+    result.report["jacobian"] = jacobian_measures(transform, result.fixed_view)
     result.report.setdefault("timings_s", {})["fit"] = time.perf_counter() - mark
     result.report.update(fit=transform.report, folding_fraction=folding, fit_options=asdict(fit_options),
                          fit_options_used=asdict(options))

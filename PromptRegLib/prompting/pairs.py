@@ -112,15 +112,18 @@ def agree_on_size(pairs: list[ROIPair], options: PairOptions) -> float:
     on — two people's organs differ in size together, so one common factor, not 1, is what a right pair shows —
     and reject the pairs that disagree with it by more than ``size_tolerance``. The common scale is the weighted
     median ratio of the pairs that pass every other check (1 with fewer than two: nothing to agree with); a pair
-    rejected for size before is judged again. Returns the common scale."""
+    rejected for size before is judged again. The scale comes from the user's pairs (clicks on structures the user
+    named; sampled regions are too loose to set it). Returns the common scale."""
     candidates = [p for p in pairs if p.accepted or p.rejected_because.startswith(SIZE_REASON)]
     ratios = np.array([max(p.quality.get("size_ratio", 0.0), 1e-6) for p in candidates])
     scale = 1.0
-    if len(candidates) >= 2:
-        weights = np.array([p.quality["iou_x"] * p.quality["iou_y"] for p in candidates])
-        order = np.argsort(ratios)
+    clicked = [(r, p) for r, p in zip(ratios, candidates) if p.source in ("user", "user pair")]
+    if len(clicked) >= 2:
+        values = np.array([r for r, _ in clicked])
+        weights = np.array([p.quality["iou_x"] * p.quality["iou_y"] for _, p in clicked])
+        order = np.argsort(values)
         cumulative = np.cumsum(weights[order])
-        scale = float(ratios[order][np.searchsorted(cumulative, cumulative[-1] / 2)])
+        scale = float(values[order][np.searchsorted(cumulative, cumulative[-1] / 2)])
     low, high = scale / options.size_tolerance, scale * options.size_tolerance
     for pair, ratio in zip(candidates, ratios):
         pair.quality["common_scale"] = scale

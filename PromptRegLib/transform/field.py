@@ -21,6 +21,7 @@ class FittedTransform:
     control_displacement: torch.Tensor | None   # (d, *grid) in mm over the fixed index domain, or None
     fixed_reference: Image
     report: dict = field(default_factory=dict)
+    jacobian: np.ndarray | None = None          # det(∂φ/∂x) on jacobian_reference(), where it was computed
 
     def displacement_on(self, reference: Image) -> np.ndarray:
         """Total displacement φ(x) − x (numpy order grid, last axis d, LPS mm) on a grid sharing the fixed domain."""
@@ -139,7 +140,10 @@ def jacobian_determinant(transform: FittedTransform, voxels: int = JACOBIAN_VOXE
 def jacobian_image(transform: FittedTransform, voxels: int = JACOBIAN_VOXELS) -> sitk.Image:
     """:func:`jacobian_determinant` as a float32 image with its grid's geometry (the file ``jacobian.nrrd``)."""
     reference = working_reference(transform.fixed_reference, voxels)
-    return reference.with_array(_jacobian_on(transform, reference).astype(np.float32)).sitk_image
+    held = transform.jacobian if transform.jacobian is not None and transform.jacobian.shape == reference.array.shape \
+        else None  # computed once by the fit (folding checks), not again for the file
+    values = held if held is not None else _jacobian_on(transform, reference)
+    return reference.with_array(values.astype(np.float32)).sitk_image
 
 
 def _jacobian_on(transform: FittedTransform, reference: Image) -> np.ndarray:

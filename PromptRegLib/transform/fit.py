@@ -56,6 +56,10 @@ class FitOptions:
     max_iterations: int = 300
     tolerance: float = 1e-4                 # stop when the loss improves less than this over 20 iterations
     working_voxels: int = 150_000           # fixed grid is downsampled to about this many voxels
+    coarse_voxels: int = 0                  # the affine and every control level but the finest on this many (0: all
+                                            # on working_voxels): a step's cost follows the points it samples
+    finest_lbfgs_iterations: int = 0        # the finest control level by L-BFGS, at most this many (0: Adam as
+                                            # the others): started near its optimum, it needs few steps
     learning_rate_mm: float = 1.0
     max_rotation_deg: float = 30.0          # larger rotations only when the pairs' centroids demand them
     feature_weight: float = 2.0             # weight of the dense feature term (1 − mean cosine); 0: ROI pairs only
@@ -85,9 +89,33 @@ MIN_ITERATIONS = 40
 ROTATION_SLACK_DEG = 5.0
 
 
+def _lbfgs(parameters, closure, iterations: int, cancel, progress: Progress, stage: str) -> int:
+    """L-BFGS with a strong-Wolfe line search on ``closure()``, at most ``iterations`` steps; returns the function
+    evaluations made."""
+    optimiser = torch.optim.LBFGS(parameters, lr=1.0, max_iter=iterations, history_size=10, tolerance_grad=1e-6,
+                                  tolerance_change=1e-6, line_search_fn="strong_wolfe")
+    evaluations = []
+
+    def evaluate():
+        if cancel and cancel():
+            raise Cancelled("registration cancelled")
+        progress(stage, None, len(evaluations), iterations, "evaluations")
+        optimiser.zero_grad()
+        loss = closure()
+        loss.backward()
+        evaluations.append(float(loss.detach()))
+        return loss
+
+    optimiser.step(evaluate)
+    return len(evaluations)
+
+
 def _optimise(parameters, closure, options: FitOptions, cancel, progress: Progress = ignore,
-              stage: str = "fitting") -> int:
-    """Adam on ``closure()`` until it converges (see :data:`CONVERGENCE_WINDOW`); returns the iterations run."""
+              stage: str = "fitting", lbfgs_iterations: int = 0) -> int:
+    """Adam on ``closure()`` until it converges (see :data:`CONVERGENCE_WINDOW`), or L-BFGS for at most
+    ``lbfgs_iterations``; returns the iterations (evaluations) run."""
+    if lbfgs_iterations:
+        return _lbfgs(parameters, closure, lbfgs_iterations, cancel, progress, stage)
     optimiser = torch.optim.Adam(parameters, lr=options.learning_rate_mm)
     history: list[float] = []
     for iteration in range(options.max_iterations):
@@ -227,32 +255,39 @@ def _resized(field: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
     return F.adaptive_avg_pool3d(field[None], grid)[0] if len(grid) == 3 else F.adaptive_avg_pool2d(field[None], grid)[0]
 
 
-def _fit_deformable(objective: Objective, affine_points: torch.Tensor, start: FittedTransform | None, cancel,
-                    progress: Progress, report: dict, initial: torch.Tensor | None = None) -> torch.Tensor:
-    """Control-grid displacements (d, *grid) in mm, coarse to fine (``control_spacing_mm``), each level started
-    from the last (the first from ``initial``, a coarse field (d, *cells), when given); a ``start`` with a field
-    begins at its field on the finest level."""
-    options, reference = objective.options, objective.reference
-    dimension = reference.dimension
-    shape = reference.array.shape
-    reference_spacing = reference.spacing[::-1]
-    extent_mm = (np.array(shape) - 1) * reference_spacing
+def _fit_deformable(objectives: tuple[Objective, Objective], affine: tuple[np.ndarray, np.ndarray],
+                    start: FittedTransform | None, cancel, progress: Progress, report: dict,
+                    initial: torch.Tensor | None = None) -> torch.Tensor:
+    """Control-grid displacements (d, *grid) in mm over the fixed domain, coarse to fine (``control_spacing_mm``),
+    each level started from the last (the first from ``initial``, a coarse field (d, *cells), when given) — on the
+    coarse objective, the finest level on the fine one; a ``start`` with a field begins at its field on the finest
+    level. The field's grid spans the fixed domain whatever the objective's resolution."""
+    coarse, fine = objectives
+    options = fine.options
+    dimension = fine.reference.dimension
+    extent_mm = (np.array(fine.reference.array.shape) - 1) * fine.reference.spacing[::-1]
     report["deformable_iterations"] = []
     control, levels = initial, options.control_spacing_mm
     if start is not None and start.control_displacement is not None:
         control, levels = start.control_displacement, levels[-1:]
-    for spacing_mm in levels:
+    for level, spacing_mm in enumerate(levels):
+        objective = fine if level == len(levels) - 1 else coarse
+        shape, reference_spacing = objective.reference.array.shape, objective.reference.spacing[::-1]
+        affine_points = torch.as_tensor(grid_points_lps(objective.reference) @ affine[0].T + affine[1],
+                                        dtype=torch.float32)
         grid = tuple(int(max(2, np.ceil(e / spacing_mm) + 1)) for e in extent_mm)
         initial = torch.zeros(dimension, *grid) if control is None else _resized(control, grid)
         control_t = initial.clone().requires_grad_(True)
 
-        def closure():
+        def closure(objective=objective, shape=shape, points=affine_points, spacing=reference_spacing, h=spacing_mm):
             field = upsample_field(control_t, shape)
-            return (objective(affine_points + field.reshape(-1, dimension))
-                    + options.bending_weight * bending_energy(field, reference_spacing) * spacing_mm ** 2)
+            return (objective(points + field.reshape(-1, dimension))
+                    + options.bending_weight * bending_energy(field, spacing) * h ** 2)
 
+        finest = level == len(levels) - 1
         report["deformable_iterations"].append(
-            _optimise([control_t], closure, options, cancel, progress, f"fitting the deformation ({spacing_mm:g} mm)"))
+            _optimise([control_t], closure, options, cancel, progress, f"fitting the deformation ({spacing_mm:g} mm)",
+                      options.finest_lbfgs_iterations if finest else 0))
         control = control_t.detach()
     return control
 
@@ -280,12 +315,15 @@ def fit_transform(fixed: Image, moving: Image, fixed_masks: list[np.ndarray | Im
         matrix, offset, how = initial_affine(fixed_masks, moving_masks, weights, options.max_rotation_deg, turn,
                                              pixel_scale(fixed, moving))
     objective = Objective(fixed, moving, fixed_masks, moving_masks, weights, options, features)
+    coarse = objective if not options.coarse_voxels else Objective(
+        fixed, moving, fixed_masks, moving_masks, weights, replace(options, working_voxels=options.coarse_voxels),
+        features)
     points = objective.points
     report = {"dice_identity": objective.pairs.dice(points).tolist(), "initial_affine": how,
               "dice_closed_form": objective.pairs.dice(
                   points @ torch.tensor(matrix, dtype=torch.float32).T + torch.tensor(offset, dtype=torch.float32)
               ).tolist()}
-    refined, refined_offset, report["affine_iterations"] = _refine_affine(objective, matrix, offset, cancel, progress)
+    refined, refined_offset, report["affine_iterations"] = _refine_affine(coarse, matrix, offset, cancel, progress)
     if len(fixed_masks) > 1 and plausible_affine(refined / pixel_scale(fixed, moving), max_rotation_deg=max(
             options.max_rotation_deg, rotation_angle_deg(matrix) + ROTATION_SLACK_DEG)):
         matrix, offset = refined, refined_offset
@@ -297,13 +335,16 @@ def fit_transform(fixed: Image, moving: Image, fixed_masks: list[np.ndarray | Im
         report["feature_cosine_identity"] = float(objective.features.cosine(points))
         report["feature_cosine_affine"] = float(objective.features.cosine(affine_points))
     objective.drop_unshared_descriptors(affine_points, report)
+    if coarse is not objective:
+        coarse.drop_unshared_descriptors(torch.as_tensor(grid_points_lps(coarse.reference) @ matrix.T + offset,
+                                                         dtype=torch.float32), {})
     control = None
     if options.transform == "deformable":
         initial = None
         if start is None and options.discrete_radius_mm > 0:
             progress("searching large local displacements", 0.0)
             initial = discrete_start(objective, features, affine_points, matrix, report)
-        control = _fit_deformable(objective, affine_points, start, cancel, progress, report, initial)
+        control = _fit_deformable((coarse, objective), (matrix, offset), start, cancel, progress, report, initial)
         dense = upsample_field(control, objective.reference.array.shape).reshape(-1, fixed.dimension)
         objective.describe(affine_points + dense, "deformable", report)
     return FittedTransform(matrix, offset, control, fixed, report)
@@ -318,7 +359,8 @@ def fit_without_folding(fixed: Image, moving: Image, fixed_masks, moving_masks, 
     for attempt in range(max_stiffening + 1):
         transform = fit_transform(fixed, moving, fixed_masks, moving_masks, weights, options, cancel=cancel,
                                   features=features, turn=turn, start=start, progress=progress)
-        folding = folding_fraction(jacobian_determinant(transform))
+        transform.jacobian = jacobian_determinant(transform)
+        folding = folding_fraction(transform.jacobian)
         if folding <= max_folding or options.transform == "affine":
             break
         options = replace(options, bending_weight=options.bending_weight * 10) if attempt < max_stiffening - 1 \

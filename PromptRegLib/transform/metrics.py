@@ -44,8 +44,17 @@ def labelled_points(labels: Image | sitk.Image, step: int = 1, max_points: int =
     return image.index_to_lps(index[:, ::-1].astype(float))
 
 
-def folding_fraction(jacobian_determinant: np.ndarray) -> float:
-    return float(np.mean(jacobian_determinant <= 0))
+def folding_fraction(jacobian_determinant: np.ndarray, where: np.ndarray | None = None) -> float:
+    """The share of voxels (of ``where``, default all) whose Jacobian determinant is ≤ 0: the field folds there."""
+    values = jacobian_determinant if where is None else jacobian_determinant[where]
+    return float(np.mean(values <= 0)) if values.size else 0.0
+
+
+def sdlogj(jacobian_determinant: np.ndarray, where: np.ndarray | None = None) -> float:
+    """The standard deviation of log J over ``where`` (default all), J clipped at 1e-9: how unevenly the field
+    stretches and squeezes (Learn2Reg's SDlogJ; 0 for an affine)."""
+    values = jacobian_determinant if where is None else jacobian_determinant[where]
+    return float(np.std(np.log(np.clip(values, 1e-9, None)))) if values.size else 0.0
 
 
 def registered_dice(fixed: Image, moving: Image, fixed_masks: list[np.ndarray], moving_masks: list[np.ndarray],

@@ -288,6 +288,8 @@ class SliceView(View):
         and predicted IoU (B,)."""
         if len(slice_indices) == 0:
             return np.zeros((0,) + self.shape[1:], dtype=bool), np.zeros(0)
+        if self.cancel and self.cancel():  # regions grow through slices encoded long before: cancel here too
+            raise Cancelled("registration cancelled")
         windows = windows or [0] * len(slice_indices)
         logits, iou = self.model.decode(self.windowed_embeddings(slice_indices, windows),
                                         boxes_xy=np.asarray(boxes_xy, dtype=float))

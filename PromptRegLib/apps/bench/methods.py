@@ -20,7 +20,7 @@ from ..progress import ProgressBar
 from .cases import Case
 from .convexadam_peer import _convexadam
 from .peers import _ants, _elastix, _simpleitk
-from .scoring import score
+from .scoring import roi_dice_per_click, score
 
 
 # --- methods: each (case, quick, progress, **options) → (fixed → moving transform, extra row fields) ------------
@@ -30,9 +30,13 @@ def _register_promptreg(case: Case, progress):
                     RegistrationOptions.from_mapping(case.options), progress=progress)
 
 
-def _promptreg_extra(result) -> dict:
+def _promptreg_extra(case: Case, result) -> dict:
+    """PromptReg's own row fields: pairs, folding and the field's smoothness, per-click ROI Dice, the encoder."""
+    jacobian = result.report.get("jacobian", {})
     return {"pairs_used": len(result.accepted_pairs), "pairs_found": len(result.pairs),
-            "folding": result.report.get("folding_fraction")}
+            "folding": jacobian.get("folding_foreground", result.report.get("folding_fraction")),
+            "sdlogj": jacobian.get("sdlogj"), "roi_dice": roi_dice_per_click(case, result),
+            "encoder": result.report.get("encoder"), "fit_s": result.report.get("timings_s", {}).get("fit")}
 
 
 def second_click_seconds(case: Case, result) -> float | None:
@@ -73,7 +77,7 @@ def correction_seconds(result) -> float | None:
 
 def _promptreg(case: Case, quick: bool, progress, second_click: bool = True) -> tuple[sitk.Transform, dict]:
     result = _register_promptreg(case, progress)
-    transform, extra = result.transform.to_sitk(), _promptreg_extra(result)
+    transform, extra = result.transform.to_sitk(), _promptreg_extra(case, result)
     if second_click:
         progress("timing a second click", 1.0)
         extra["second_click_s"] = second_click_seconds(case, result)
@@ -111,7 +115,7 @@ def run_promptreg_case(case: Case, output_dir: Path, quiet: bool = False) -> dic
     finally:
         progress.close()
     write_registration(result, output_dir)
-    row = {"case": case.name, **score(case, result.transform.to_sitk()), **_promptreg_extra(result),
+    row = {"case": case.name, **score(case, result.transform.to_sitk()), **_promptreg_extra(case, result),
            "seconds": time.perf_counter() - started}
     before = score(case, None)
     row["dice_before"], row["tre_before_mm"] = before.get("dice", {}), before.get("tre_mm")

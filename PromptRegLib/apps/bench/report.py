@@ -20,21 +20,22 @@ def _tre_text(row: dict) -> str:
 
 
 def _markdown(rows: list[dict]) -> str:
-    lines = ["| case | method | Dice mean | TRE (rTRE) | click-set TRE spread | folding | seconds | second click s | "
-             "correction s | peak MB | transform MB | time ratio PromptReg/peer | Dice ratio |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| case | method | Dice mean | TRE (rTRE) | click-set TRE spread | folding | SDlogJ | seconds | fit s | "
+             "second click s | correction s | peak MB | transform MB | time ratio PromptReg/peer | Dice ratio |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         if "error" in row:
             why = " ".join(row["error"].split()).replace("|", "/")[:100]  # one table cell
-            lines.append(f"| {row['case']} | {row['method']} | error: {why} | | | | "
-                         f"{_fmt(row.get('seconds'), '{:.1f}')} | | | {_fmt(row.get('peak_mb'), '{:.0f}')} | | | |")
+            lines.append(f"| {row['case']} | {row['method']} | error: {why} | | | | | "
+                         f"{_fmt(row.get('seconds'), '{:.1f}')} | | | | {_fmt(row.get('peak_mb'), '{:.0f}')} | | | |")
             continue
         spread = row.get("click_spread", {})
         tre_spread = spread.get("tre_mm") or spread.get("tre_px")
         spread_text = "" if not spread else (f"{tre_spread['spread']:.2f} ({spread['sets'] - spread['errors']}/"
                                              f"{spread['sets']} sets)" if tre_spread else f"0/{spread['sets']} sets")
         lines.append(f"| {row['case']} | {row['method']} | {_fmt(row.get('dice_mean'))} | {_tre_text(row)} | "
-                     f"{spread_text} | {_fmt(row.get('folding'), '{:.4f}')} | {row['seconds']:.1f} | "
+                     f"{spread_text} | {_fmt(row.get('folding'), '{:.4f}')} | {_fmt(row.get('sdlogj'), '{:.3f}')} | "
+                     f"{row['seconds']:.1f} | {_fmt(row.get('fit_s'), '{:.1f}')} | "
                      f"{_fmt(row.get('second_click_s'), '{:.1f}')} | {_fmt(row.get('correction_s'), '{:.1f}')} | "
                      f"{row['peak_mb']:.0f} | "
                      f"{_fmt(row.get('transform_mb'), '{:.2f}')} | "
@@ -51,7 +52,22 @@ def _markdown(rows: list[dict]) -> str:
             dice_text = "" if not dice else f"{dice['min']:.3f} / {dice['mean']:.3f} / {dice['max']:.3f}"
             lines.append(f"| {row['case']} | {spread['sets']} ({spread['errors']}) | {tre_text} | "
                          f"{_fmt(tre and tre['spread'], '{:.2f}')} | {dice_text} |")
+    lines += _roi_dice_lines(rows)
     return "\n".join(lines) + "\n"
+
+
+def _roi_dice_lines(rows: list[dict]) -> list[str]:
+    """Per click named after a labelled structure: its ROI X and ROI Y Dice against the labels, and whether used."""
+    clicked = [r for r in rows if r.get("roi_dice")]
+    if not clicked:
+        return []
+    lines = ["", "ROI Dice per click (PromptReg; each ROI against the label of the structure clicked):", "",
+             "| case | click | ROI X Dice | ROI Y Dice | pair used |", "|---|---|---|---|---|"]
+    for row in clicked:
+        for name, scores in row["roi_dice"].items():
+            lines.append(f"| {row['case']} | {name} | {scores['roi_x']:.2f} | {scores['roi_y']:.2f} | "
+                         f"{'yes' if scores['used'] else 'no'} |")
+    return lines
 
 
 def _plots(rows: list[dict], output_dir: Path) -> None:

@@ -81,3 +81,29 @@ def score(case: Case, transform: sitk.Transform | None) -> dict:
                    landmarks=int(errors.size))
     return row
 
+
+
+def roi_dice_per_click(case: Case, result) -> dict:
+    """For each click named after a labelled structure: Dice of its ROI X with that label on the fixed image and of
+    its ROI Y with that label on the moving image (how well the regions match the structure clicked), and whether
+    the pair was used. Clicks are the user pairs "Prompt n" (n − 1 indexes ``prompt_names``)."""
+    if not (case.fixed_labels and case.moving_labels and case.prompt_names):
+        return {}
+    values = {name: int(value) for value, name in case.labels.items()}
+    label_images = [sitk.Resample(read_2d(case.path(path)), image.sitk_image, sitk.Transform(),
+                                  sitk.sitkNearestNeighbor, 0) for path, image in
+                    ((case.fixed_labels, result.fixed_image), (case.moving_labels, result.moving_image))]
+    arrays = [sitk.GetArrayViewFromImage(image) for image in label_images]
+    scores = {}
+    for pair in result.pairs:
+        if pair.source != "user" or not pair.name.startswith("Prompt "):
+            continue
+        index = int(pair.name.split()[1]) - 1
+        name = case.prompt_names[index] if index < len(case.prompt_names) else None
+        if name not in values:
+            continue
+        masks = (result.fixed_mask(pair), result.moving_mask(pair))
+        dice = [float(2 * np.logical_and(mask, array == values[name]).sum()
+                      / max(1, mask.sum() + (array == values[name]).sum())) for mask, array in zip(masks, arrays)]
+        scores[name] = {"roi_x": dice[0], "roi_y": dice[1], "used": pair.accepted}
+    return scores

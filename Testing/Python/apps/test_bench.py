@@ -229,7 +229,8 @@ def test_click_spread_summary_and_markdown_rows():
     assert spread["errors"] == 1 and spread["tre_mm"]["spread"] == pytest.approx(0.5)
     assert spread["dice_mean"]["min"] == 0.95 and spread["runs"][2]["error"].startswith("RegistrationError")
     rows = [{"case": "c", "method": "promptreg", "dice_mean": 0.9, "tre_mm": 3.0, "seconds": 10.0, "peak_mb": 900.0,
-             "transform_mb": 1.5, "click_spread": spread, "second_click_s": 2.345, "correction_s": 1.25},
+             "transform_mb": 1.5, "click_spread": spread, "second_click_s": 2.345, "correction_s": 1.25,
+             "sdlogj": 0.0712, "fit_s": 4.26, "roi_dice": {"spleen": {"roi_x": 0.874, "roi_y": 0.0, "used": False}}},
             {"case": "c", "method": "simpleitk", "dice_mean": 0.8, "tre_mm": 5.0, "seconds": 5.0, "peak_mb": 400.0,
              "transform_mb": 0.1, "time_ratio": 2.0, "dice_ratio": 1.125},
             {"case": "h", "method": "promptreg-auto", "tre_px": 16.1, "rtre": 0.014, "seconds": 30.0, "peak_mb": 800.0},
@@ -237,12 +238,13 @@ def test_click_spread_summary_and_markdown_rows():
              "peak_mb": 300.0},
             {"case": "c", "method": "elastix", "error": "RuntimeError: ITK ERROR:\n a | b"}]
     table = _markdown(rows)
-    assert "| c | promptreg | 0.900 | 3.00 mm | 0.50 (2/3 sets) |  | 10.0 | 2.3 | 1.2 | 900 |" in table
+    assert "| c | promptreg | 0.900 | 3.00 mm | 0.50 (2/3 sets) |  | 0.071 | 10.0 | 4.3 | 2.3 | 1.2 | 900 |" in table
     assert "| c | simpleitk | 0.800 | 5.00 mm |" in table and "| 0.10 | 2.00 | 1.12 |" in table
     assert "| h | promptreg-auto |  | 16.1 px (1.40 %) |" in table
-    assert "| c | ants | error: timed out: still running after 60 s (--timeout) | | | | 60.0 | | | 300 |" in table
+    assert "| c | ants | error: timed out: still running after 60 s (--timeout) | | | | | 60.0 | | | | 300 |" in table
     assert "| c | elastix | error: RuntimeError: ITK ERROR: a / b |" in table  # one line, one cell
     assert "| c | 3 (1) | 3.00 / 3.25 / 3.50 | 0.50 | 0.950 / 0.955 / 0.960 |" in table
+    assert "| c | spleen | 0.87 | 0.00 | no |" in table  # each click's regions against its structure's label
 
 
 # --- interactive latency ---------------------------------------------------------------------------------------

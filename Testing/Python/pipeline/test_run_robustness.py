@@ -38,7 +38,7 @@ class CancelAt:
     def __init__(self, stage: str):
         self.stage, self.reached = stage, False
 
-    def progress(self, stage: str, _fraction: float) -> None:
+    def progress(self, stage: str, *_fraction_and_count) -> None:
         self.reached = self.reached or stage == self.stage
 
     def cancel(self) -> bool:
