@@ -6,8 +6,10 @@ option in the panel) always wins. What each preset changes, and why (measured; d
 * ``quick`` — an affine from the clicks alone: no sampled pairs, no warps, no feature refinement. Seconds.
 * ``default`` — the library's defaults.
 * ``accurate`` — in 2D, twice the sampled pairs and a third, 15 mm control level (2D CT pair: Dice 0.867 → 0.895
-  from the 15 mm level alone). In 3D it is the default: on the 3D CT pair (10 mm slices) the 15 mm level cost
-  0.5 mm TRE and sampled pairs raised TRE (3.9 → 7.0 mm), so nothing denser is known to help there yet.
+  from the 15 mm level alone). In 3D the discrete first step (displacements up to 40 mm) with a third, 15 mm
+  control level: for two people's organs, which move tens of mm against each other (CT↔MR abdomen: organ Dice
+  0.524 → 0.546, 50 → 72 s; the discrete step alone 0.489, the 15 mm level needs it). Not the default: on the
+  chest CT pair the 15 mm level cost 0.5 mm TRE.
 """
 from __future__ import annotations
 
@@ -28,6 +30,8 @@ def _changes(name: str, dimension: int) -> tuple[dict, dict]:
         return {"auto_pairs": 0, "warps": 0}, {"transform": "affine", "feature_weight": 0.0}
     if name == "accurate" and dimension == 2:
         return {"auto_pairs": 12}, {"control_spacing_mm": (60.0, 30.0, 15.0)}
+    if name == "accurate":
+        return {}, {"control_spacing_mm": (60.0, 30.0, 15.0), "discrete_radius_mm": 40.0}
     return {}, {}
 
 

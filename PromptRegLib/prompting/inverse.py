@@ -47,7 +47,7 @@ class InverseOptions:
     candidates: int = 3              # separate similarity peaks tried
     ring_mm: float = 9.0             # width of the background band around a region
     cycle_tolerance_mm: float = 6.0  # the cycle peak may land this close to ROI X
-    expected_candidate: bool = False  # also prompt where the prior maps ROI X (across modalities the similarity
+    expected_candidate: bool = True   # also prompt where the prior maps ROI X (across modalities the similarity
                                      # peaks may all miss; the choice weighs agreement with the prior)
 
 

@@ -136,11 +136,13 @@ def agree_on_size(pairs: list[ROIPair], options: PairOptions) -> float:
     return scale
 
 
-def segment_prompts(view: View, points_lps: list[np.ndarray], boxes_lps: list[np.ndarray] = ()) -> list[ROI]:
-    """One ROI per click and per box (two opposite LPS corners), in that order, grown together."""
+def segment_prompts(view: View, points_lps: list[np.ndarray], boxes_lps: list[np.ndarray] = (),
+                    clicked: bool = True) -> list[ROI]:
+    """One ROI per click and per box (two opposite LPS corners), in that order, grown together. ``clicked`` False
+    (sampled prompts): in the view's default window only — a window follows a structure a user chose."""
     seeds, ranges = [], []
     for point in points_lps:
-        seeds.append(view.seed_from_point(point))
+        seeds.append(view.seed_from_point(point, clicked))
         ranges.append((0, view.shape[0] - 1))
     for corners in boxes_lps:
         seed, k_range = view.seed_from_box(corners)
@@ -206,7 +208,7 @@ def find_pairs(fixed: View, moving: View, points_lps: list[np.ndarray], boxes_lp
         for pair in pairs:
             held |= pair.roi_x.mask
         samples = sample_prompts(fixed, auto_pairs, held, rng)
-        auto_rois = segment_prompts(fixed, samples)
+        auto_rois = segment_prompts(fixed, samples, clicked=False)
         for index, (roi_x, prompt) in enumerate(zip(auto_rois, samples)):
             report("inverse prompting", (len(user_rois) + index) / max(1, len(user_rois) + auto_pairs))
             if not roi_x.mask.any() or any(dice(roi_x.mask, p.roi_x.mask) > options.duplicate_dice for p in pairs):

@@ -56,9 +56,9 @@ class FitOptions:
     max_iterations: int = 300
     tolerance: float = 1e-4                 # stop when the loss improves less than this over 20 iterations
     working_voxels: int = 150_000           # fixed grid is downsampled to about this many voxels
-    coarse_voxels: int = 0                  # the affine and every control level but the finest on this many (0: all
+    coarse_voxels: int = 20_000             # the affine and every control level but the finest on this many (0: all
                                             # on working_voxels): a step's cost follows the points it samples
-    finest_lbfgs_iterations: int = 0        # the finest control level by L-BFGS, at most this many (0: Adam as
+    finest_lbfgs_iterations: int = 20       # the finest control level by L-BFGS, at most this many (0: Adam as
                                             # the others): started near its optimum, it needs few steps
     learning_rate_mm: float = 1.0
     max_rotation_deg: float = 30.0          # larger rotations only when the pairs' centroids demand them

@@ -59,7 +59,7 @@ class View(ABC):
     intensities01: np.ndarray       # (K, R, C) float32 in [0, 1], the model's view of the image
     window: tuple[float, float]     # intensity window mapped to [0, 1]
     unit_mm: float = 1.0            # this view's mm per fixed-view mm (photographs of other pixel sizes: make_views)
-    progress: Progress = ignore     # told how encoding proceeds (core.progress)
+    progress: Progress = staticmethod(ignore)  # told how encoding proceeds (core.progress)
 
     # --- geometry, shared -------------------------------------------------------------------------------
     @property
@@ -166,7 +166,7 @@ class View(ABC):
         outside ``window`` (or outside the image) are -inf."""
 
     @abstractmethod
-    def seed_from_point(self, point_lps: np.ndarray) -> Seed:
+    def seed_from_point(self, point_lps: np.ndarray, other_windows: bool = True) -> Seed:
         """The region a click points at (one slice for slice views, the region for cubes)."""
 
     @abstractmethod

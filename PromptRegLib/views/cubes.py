@@ -149,7 +149,7 @@ class CubeView(View):
         k = int(np.clip(round(self.lps_to_voxel(prompt_lps[None])[0, 0]), 0, self.shape[0] - 1))
         return Seed(self._mask(cube, logits), float(iou), np.asarray(prompt_lps, dtype=float), k, (cube, logits))
 
-    def seed_from_point(self, point_lps) -> Seed:
+    def seed_from_point(self, point_lps, other_windows: bool = True) -> Seed:
         point_lps = self.check_prompt(point_lps)
         cube = self.cube_at(point_lps)
         logits, iou = self._decode(cube, point_lps[None])

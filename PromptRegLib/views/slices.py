@@ -49,7 +49,7 @@ class SliceOptions:
     max_shrink: float = 0.05
     encode_spacing_mm: float = 0.0       # encoded slices this far apart at most (0: every working slice); see
                                          # SliceView.lattice
-    window_per_click: bool = False       # a click on a CT in HU also tries the soft-tissue window (SliceView.windows)
+    window_per_click: bool = True        # a click on a CT in HU also tries the soft-tissue window (SliceView.windows)
     window_margin: float = 0.02          # … which must beat the default window's predicted IoU by this much
 
 
@@ -316,16 +316,17 @@ class SliceView(View):
             prompt_lps = self.voxel_to_lps(np.array([[k, (box[1] + box[3]) / 2, (box[0] + box[2]) / 2]]))[0]
         return Seed(mask, float(iou), np.asarray(prompt_lps, dtype=float), k, box, window)
 
-    def seed_from_point(self, point_lps) -> Seed:
-        """The box search at a click (module doc), in each of :attr:`windows`: another window's region replaces the
-        default window's only when the model scores it ``window_margin`` higher (the window then follows the
-        structure clicked: an organ in soft tissue, a lung from air)."""
+    def seed_from_point(self, point_lps, other_windows: bool = True) -> Seed:
+        """The box search at a click (module doc), in each of :attr:`windows` (``other_windows`` False: the default
+        one only): another window's region replaces the default window's only when the model scores it
+        ``window_margin`` higher (the window then follows the structure clicked: an organ in soft tissue, a lung
+        from air)."""
         point_lps = self.check_prompt(point_lps)
         k, row, col = self.lps_to_voxel(point_lps[None])[0]
         k = int(np.clip(round(k), 0, self.shape[0] - 1))
         self.add_to_lattice(k)
         best = None
-        for window in range(len(self.windows)):
+        for window in range(len(self.windows) if other_windows else 1):
             mask, iou, box, score = self._box_search(k, row, col, window)
             margin = self.options.window_margin if window > 0 else 0.0
             if best is None or score > best[3] + margin:

@@ -86,6 +86,12 @@ def _promptreg(case: Case, quick: bool, progress, second_click: bool = True) -> 
     return transform, extra
 
 
+def _promptreg_accurate(case: Case, quick: bool, progress) -> tuple[sitk.Transform, dict]:
+    """The case's clicks with the ``accurate`` preset (in 3D the discrete first step and a 15 mm control level)."""
+    return _promptreg(dataclasses.replace(case, options={**case.options, "preset": "accurate"}), quick, progress,
+                      second_click=False)
+
+
 def _promptreg_auto(case: Case, quick: bool, progress,
                     auto_pairs: int = NO_CLICK_AUTO_PAIRS) -> tuple[sitk.Transform, dict]:
     """Zero clicks: sampled prompts only."""
@@ -93,8 +99,8 @@ def _promptreg_auto(case: Case, quick: bool, progress,
                       quick, progress, second_click=False)
 
 
-METHODS = {"promptreg": _promptreg, "promptreg-auto": _promptreg_auto, "simpleitk": _simpleitk,
-           "elastix": _elastix, "ants": _ants, "convexadam": _convexadam}
+METHODS = {"promptreg": _promptreg, "promptreg-accurate": _promptreg_accurate, "promptreg-auto": _promptreg_auto,
+           "simpleitk": _simpleitk, "elastix": _elastix, "ants": _ants, "convexadam": _convexadam}
 
 
 OPTIONAL = {"elastix": "itk", "ants": "ants", "convexadam": "convexAdam"}
