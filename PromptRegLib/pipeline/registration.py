@@ -30,7 +30,7 @@ from ..errors import PromptError, RegistrationError
 from ..models import load_model
 from ..prompting.orientation import found_turn, orientation_prior
 from ..prompting.pairs import ROIPair, find_pairs, initial_prior
-from ..transform.features import feature_pair
+from ..transform.features import descriptor_pair, feature_pair
 from ..transform.field import JACOBIAN_VOXELS, FittedTransform, jacobian_determinant, working_reference
 from ..transform.fit import FitOptions, fit_without_folding
 from ..transform.metrics import folding_fraction, sdlogj
@@ -51,6 +51,9 @@ class RegistrationResult:
     pairs: list[ROIPair]
     transform: FittedTransform | None
     report: dict = field(default_factory=dict)
+    #: the dense term's features of both views (projected, tens of MB), kept so a refit or correction never reads
+    #: the raw feature volumes again (on a clinical grid that re-reading was the correction's memory peak)
+    features: object = None
 
     @property
     def accepted_pairs(self) -> list[ROIPair]:
@@ -208,6 +211,7 @@ def register_views(views: Views, prompts: Prompts, options: RegistrationOptions,
                      "embedding_cache": {"hits": segmenter.cache.hits - hits,
                                          "misses": segmenter.cache.misses - misses},
                      "timings_s": {"load": 0.0, "pairs": time.perf_counter() - started}}
+    result.features = features
     if not options.pairs_only:
         refit_transform(result, fit_options, progress=report, cancel=cancel, features=features)
     result.report["encoder"] = segmenter.encoder_work.since(work, getattr(segmenter, "gflop_per_slice", None))
@@ -250,6 +254,7 @@ def refit_transform(result: RegistrationResult, fit_options: FitOptions | None =
     ``features``: the two views' :class:`~PromptRegLib.transform.features.FeaturePair` when already read;
     ``start``: the transform being corrected, to start from (see :func:`~PromptRegLib.transform.fit.fit_transform`)."""
     fit_options = fit_options or FitOptions()
+    features = features if features is not None else result.features
     accepted = result.accepted_pairs
     if not accepted:
         reasons = "; ".join(f"{p.name}: {p.rejected_because}" for p in result.pairs) or "no prompts"
@@ -265,7 +270,10 @@ def refit_transform(result: RegistrationResult, fit_options: FitOptions | None =
         if progress:
             progress("encoding for dense refinement", 0.8)
         features = feature_pair(result.fixed_view, result.moving_view, descriptors=fit_options.uses_descriptors)
+        result.features = features
         result.report["encoded"] = {"fixed": result.fixed_view.encoded, "moving": result.moving_view.encoded}
+    if features is not None and fit_options.uses_descriptors and features.descriptors is None:
+        features.descriptors = descriptor_pair(result.fixed_view, result.moving_view, features.fixed_foreground)
     result.report["dense_refinement"] = "features" if features is not None else "off"
     transform, folding, options = fit_without_folding(result.fixed_image, result.moving_image, fixed_masks,
                                                       moving_masks, weights, replace(fit_options), cancel,

@@ -107,6 +107,15 @@ def gate(pair: ROIPair, options: PairOptions) -> str:
 SIZE_REASON = "size ratio"
 
 
+def weighted_median_ratio(ratios: np.ndarray, weights: np.ndarray) -> float:
+    """The weighted median of ratios on a log scale, interpolated where the weight splits between two (so two pairs
+    agree on their geometric mean, not on whichever sorts first)."""
+    order = np.argsort(ratios)
+    logs, cumulative = np.log(ratios[order]), np.cumsum(weights[order]) / weights.sum()
+    centres = cumulative - weights[order] / weights.sum() / 2      # each ratio's weight centred on it
+    return float(np.exp(np.interp(0.5, centres, logs)))
+
+
 def agree_on_size(pairs: list[ROIPair], options: PairOptions) -> float:
     """Judge each pair's size ratio (ROI Y's largest cross-section over ROI X's) against the scale the pairs agree
     on — two people's organs differ in size together, so one common factor, not 1, is what a right pair shows —
@@ -119,11 +128,8 @@ def agree_on_size(pairs: list[ROIPair], options: PairOptions) -> float:
     scale = 1.0
     clicked = [(r, p) for r, p in zip(ratios, candidates) if p.source in ("user", "user pair")]
     if len(clicked) >= 2:
-        values = np.array([r for r, _ in clicked])
-        weights = np.array([p.quality["iou_x"] * p.quality["iou_y"] for _, p in clicked])
-        order = np.argsort(values)
-        cumulative = np.cumsum(weights[order])
-        scale = float(values[order][np.searchsorted(cumulative, cumulative[-1] / 2)])
+        scale = weighted_median_ratio(np.array([r for r, _ in clicked]),
+                                      np.array([p.quality["iou_x"] * p.quality["iou_y"] for _, p in clicked]))
     low, high = scale / options.size_tolerance, scale * options.size_tolerance
     for pair, ratio in zip(candidates, ratios):
         pair.quality["common_scale"] = scale

@@ -29,7 +29,7 @@ from ..core.affine import plausible_affine, rotation_angle_deg
 from ..core.grid import sample_on_grid
 from ..core.image import Image
 from ..core.lengths import pixel_scale
-from ..core.progress import Progress, ignore
+from ..core.progress import Progress, ignore, span
 from ..errors import Cancelled
 from .affine import initial_affine
 from .discrete import cost_volume, coupled_convex
@@ -286,7 +286,9 @@ def _fit_deformable(objectives: tuple[Objective, Objective], affine: tuple[np.nd
 
         finest = level == len(levels) - 1
         report["deformable_iterations"].append(
-            _optimise([control_t], closure, options, cancel, progress, f"fitting the deformation ({spacing_mm:g} mm)",
+            _optimise([control_t], closure, options, cancel, span(progress, level / len(levels),
+                                                                  (level + 1) / len(levels)),
+                      f"fitting the deformation ({spacing_mm:g} mm)",
                       options.finest_lbfgs_iterations if finest else 0))
         control = control_t.detach()
     return control
@@ -323,7 +325,8 @@ def fit_transform(fixed: Image, moving: Image, fixed_masks: list[np.ndarray | Im
               "dice_closed_form": objective.pairs.dice(
                   points @ torch.tensor(matrix, dtype=torch.float32).T + torch.tensor(offset, dtype=torch.float32)
               ).tolist()}
-    refined, refined_offset, report["affine_iterations"] = _refine_affine(coarse, matrix, offset, cancel, progress)
+    refined, refined_offset, report["affine_iterations"] = _refine_affine(coarse, matrix, offset, cancel,
+                                                                          span(progress, 0.0, 0.3))
     if len(fixed_masks) > 1 and plausible_affine(refined / pixel_scale(fixed, moving), max_rotation_deg=max(
             options.max_rotation_deg, rotation_angle_deg(matrix) + ROTATION_SLACK_DEG)):
         matrix, offset = refined, refined_offset
@@ -342,9 +345,10 @@ def fit_transform(fixed: Image, moving: Image, fixed_masks: list[np.ndarray | Im
     if options.transform == "deformable":
         initial = None
         if start is None and options.discrete_radius_mm > 0:
-            progress("searching large local displacements", 0.0)
+            progress("searching large local displacements", 0.3)
             initial = discrete_start(objective, features, affine_points, matrix, report)
-        control = _fit_deformable((coarse, objective), (matrix, offset), start, cancel, progress, report, initial)
+        control = _fit_deformable((coarse, objective), (matrix, offset), start, cancel, span(progress, 0.3, 1.0),
+                                  report, initial)
         dense = upsample_field(control, objective.reference.array.shape).reshape(-1, fixed.dimension)
         objective.describe(affine_points + dense, "deformable", report)
     return FittedTransform(matrix, offset, control, fixed, report)

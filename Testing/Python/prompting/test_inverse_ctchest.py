@@ -38,11 +38,11 @@ def test_twin_structure_match_fails_the_cycle_check_and_is_dropped(data_dir, mod
 
 def test_a_click_in_the_air_fails_and_sampled_pairs_stand_in_unless_none_were_asked_for(data_dir, model):
     """Never end with nothing when something sensible exists. A click in the air beside the body gives no usable
-    pair; the sampled prompts over the anatomy (2D default) then give the transform. Asked for none
+    pair; sampled prompts over the anatomy (8, as the fallback takes) then give the transform. Asked for none
     (``auto_pairs`` 0, from any entry point), none are sampled, not even in its place."""
     fixed = data_dir / "ctchest4" / "pair2d_fixed.nrrd"
     moving = data_dir / "ctchest4" / "pair2d_moving.nrrd"
-    result = register(fixed, moving, [(-238.8, -307.8)], RegistrationOptions(pairs=PairOptions(warps=0),
+    result = register(fixed, moving, [(-238.8, -307.8)], RegistrationOptions(pairs=PairOptions(warps=0, auto_pairs=8),
                                                                              pairs_only=True), model=model)
     user, *sampled = result.pairs
     assert user.source == "user" and not user.accepted, (user.name, user.rejected_because)

@@ -22,9 +22,9 @@ def test_two_people_s_organs_of_one_scale_are_kept_and_a_wrong_structure_is_refu
     structure (0.5×): it disagrees with the others and is the one refused, with the reason."""
     pairs = [pair("kidney", 1.55), pair("liver", 1.62), pair("spleen", 1.70), pair("wrong", 0.5)]
     scale = agree_on_size(pairs, PairOptions())
-    assert scale == pytest.approx(1.55)  # the weighted median (the lower one of an even count)
+    assert scale == pytest.approx(np.sqrt(1.55 * 1.62))  # the weighted median, between the middle two
     assert [p.accepted for p in pairs] == [True, True, True, False]
-    assert "disagrees with the pairs' common scale 1.55" in pairs[3].rejected_because
+    assert "disagrees with the pairs' common scale 1.58" in pairs[3].rejected_because
     assert all(p.quality["common_scale"] == scale for p in pairs)
 
 
@@ -44,3 +44,10 @@ def test_a_pair_refused_for_another_reason_stays_refused():
     pairs = [failed, pair("a", 1.0), pair("b", 1.1)]
     agree_on_size(pairs, PairOptions())
     assert not pairs[0].accepted and pairs[0].rejected_because.startswith("cycle check failed")
+
+
+def test_two_pairs_agree_on_their_geometric_mean():
+    """Two clicks of sizes 0.89 and 1.45: neither sets the scale alone (which one sorted first decided it once)."""
+    pairs = [pair("a", 0.89), pair("b", 1.45)]
+    assert agree_on_size(pairs, PairOptions()) == pytest.approx(np.sqrt(0.89 * 1.45))
+    assert all(p.accepted for p in pairs)
