@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import traceback
 from pathlib import Path
 from typing import Annotated
@@ -27,12 +28,14 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
 from slicer.util import VTKObservationMixin
 
 from PromptRegSlicer import dependencies, mrml, options
+from PromptRegSlicer.session import EncodingState, PanelSession, VolumeExports
 
 MODELS = ["litemedsam", "sam-vit-b", "sam-vit-l", "sam-vit-h", "sam-med3d"]
 PRESETS = ["Quick", "Default", "Accurate"]   # PromptRegLib.pipeline.presets, by their panel names
 DEVICES = ["auto", "cpu", "cuda"]
 TRANSFORMS = ["deformable", "affine"]
 LIVE_DELAY_MS = 400                          # a burst of prompt changes starts one run, this long after the last
+ENCODE_DELAY_MS = 300                        # the volumes are encoded once the selection rests this long
 
 
 class PromptReg(ScriptedLoadableModule):
@@ -109,6 +112,14 @@ class PromptRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._liveTimer.setSingleShot(True)
         self._liveTimer.setInterval(LIVE_DELAY_MS)
         self._liveTimer.timeout.connect(self._onLiveChange)
+        self._encodeTimer = qt.QTimer()
+        self._encodeTimer.setSingleShot(True)
+        self._encodeTimer.setInterval(ENCODE_DELAY_MS)
+        self._encodeTimer.timeout.connect(self._startEncoding)
+        self._encodedVolumes = None   # the (fixed, moving) node IDs the background encoding is for
+        self._encoding = None         # the encode request the encoding line follows
+        self._encodingState = EncodingState()
+        self._affineShown = False     # the running registration's quick affine is in the transform node
         self._pendingLive = None      # "register" (a Prompt X changed) or "correct" (a Prompt Y moved)
         self._quiet = False           # True while results or an undo write into the prompt nodes
         self._observedPrompts = []
@@ -150,10 +161,10 @@ class PromptRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updateButtons()
 
     def cleanup(self):
-        run = self._run
+        for timer in (self._timer, self._liveTimer, self._encodeTimer):
+            timer.stop()
         self.onCancel()
-        if run is not None:  # Slicer is closing: let the background stop finish (about a second at most)
-            run.join_cancel(timeout=3.0)
+        self.logic.closeSession(wait_s=3.0)  # Slicer is closing: the worker ends (a few seconds at most)
         self.logic.discardHistory()
         self.removeObservers()
 
@@ -166,9 +177,13 @@ class PromptRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNodeGuiTag = None
 
     def onSceneStartClose(self, caller, event):
+        self._encodeTimer.stop()
         self.onCancel()
+        self.logic.closeSession()  # the worker's views and result are of this scene's volumes
         self.logic.discardHistory()
         self._lastPairs = []
+        self._encoding, self._encodedVolumes = None, None
+        self.showEncodingState(None)
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event):
@@ -186,15 +201,60 @@ class PromptRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def setParameterNode(self, inputParameterNode):
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
             self.ui.promptWidget.setCurrentNode(self._parameterNode.promptX)
             self.ui.checkpointPathLineEdit.currentPath = self._parameterNode.checkpoint
         self._observePrompts()
         self._updateButtons()
+        self._scheduleEncoding()
+
+    def _onParameterNodeModified(self, caller=None, event=None):
+        self._updateButtons()
+        self._scheduleEncoding()
+
+    # --- encoding early: the chosen volumes are encoded while the user looks ---------------------------------
+    def _chosenVolumes(self):
+        p = self._parameterNode
+        if not p or not p.fixedVolume or not p.movingVolume or p.fixedVolume.GetID() == p.movingVolume.GetID():
+            return None
+        return p.fixedVolume.GetID(), p.movingVolume.GetID()
+
+    def _scheduleEncoding(self):
+        """A change of either volume cancels the encoding of the old pair at once and encodes the new one once the
+        selection rests (:data:`ENCODE_DELAY_MS`)."""
+        volumes = self._chosenVolumes()
+        if volumes == self._encodedVolumes:
+            return
+        self._encodedVolumes = volumes
+        if self.logic.cancelEncoding():
+            self.showEncodingState("Encoding cancelled: the volumes changed.")
+        self._encoding = None
+        if volumes is None:
+            self._encodeTimer.stop()
+            return
+        self._encodeTimer.start()
+
+    def _startEncoding(self):
+        p = self._parameterNode
+        if self._chosenVolumes() is None or dependencies.missing_distributions():
+            return  # packages are installed at the first Register, after asking; never in the background
+        try:
+            encoding = self.logic.startEncode(p)
+        except Exception as error:
+            lines = str(error).strip().splitlines()
+            self.showEncodingState(f"Encoding failed: {lines[0] if lines else type(error).__name__}")
+            logging.error(f"PromptReg could not start encoding: {error}")
+            return
+        if encoding is None:
+            return  # the worker holds or is making these views already
+        self._encoding = encoding
+        self._encodingState = EncodingState()
+        self.showEncodingState("Encoding the chosen volumes…")
+        self._timer.start()
 
     # --- live mode: prompt changes start runs --------------------------------------------------------------
     def _observePrompts(self):
@@ -235,7 +295,11 @@ class PromptRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._run is not None:  # a change while a run is going cancels it and starts again
             self.onCancel()
         if kind == "register":
-            self.onRun(pairsOnly=False)
+            point = self.logic.addedClick(self._parameterNode)
+            if point is not None:  # one click more, the others unmoved: decoding only, in the worker's memory
+                self.onAddClick(point)
+            else:
+                self.onRun(pairsOnly=False)
         elif kind == "correct":
             self.onCorrect()
 
@@ -299,8 +363,8 @@ class PromptRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updateButtons()
 
     def showEncodingState(self, text: str | None) -> None:
-        """Reserved for the background encoding state (which images are being encoded, cached, ready): shows ``text``
-        under the status line, or hides the line. Nothing reports that state yet."""
+        """The background encoding's state (which image, how many slices, encoded, cancelled) under the status line;
+        None hides the line."""
         self.ui.encodingStatusLabel.text = text or ""
         self.ui.encodingStatusLabel.visible = bool(text)
 
@@ -326,6 +390,14 @@ class PromptRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.util.errorDisplay(f"PromptReg could not start: {error}", detailedText=traceback.format_exc())
             return
         self._watch(run, "Starting…")
+
+    def onAddClick(self, point):
+        try:
+            run = self.logic.startAddClick(self._parameterNode, point)
+        except Exception as error:
+            slicer.util.errorDisplay(f"PromptReg could not add the click: {error}", detailedText=traceback.format_exc())
+            return
+        self._watch(run, "Pairing the new Prompt X (cached embeddings) and refitting…")
 
     def onRejectAndRefit(self):
         rows = sorted({index.row() for index in self.ui.pairsTable.selectedIndexes()})
@@ -384,6 +456,7 @@ class PromptRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _watch(self, run, status: str):
         self._run = run
+        self._affineShown = False
         self._lastLogPath = run.log_path
         self.ui.statusLabel.text = status
         self.ui.progressBar.value = 0
@@ -391,20 +464,52 @@ class PromptRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer.start()
 
     def _poll(self):
-        if self._run is None:
+        self.logic.poll()
+        self._pollEncoding()
+        if self._run is not None:
+            self._pollRun()
+        encoding = self._encoding
+        if self._run is None and not self.logic.busy() and (encoding is None or encoding.finished):
+            self._timer.stop()
+
+    def _pollEncoding(self):
+        encoding = self._encoding
+        if encoding is None:
             return
+        for event in encoding.poll():
+            text = self._encodingState.text(event)
+            if text:
+                self.showEncodingState(text)
+            if event["type"] == "error" and not event.get("cancelled"):
+                logging.error(f"PromptReg could not encode: {event.get('message')} (worker log: {encoding.log_path})")
+        if encoding.finished:
+            self._encoding = None
+
+    def _onAffine(self, event):
+        """The registration's quick affine, shown in the output transform node while the run refines it."""
+        try:
+            self.logic.showAffine(self._run, event, self._parameterNode)
+        except Exception as error:  # showing early is a convenience: the result still comes
+            logging.error(f"PromptReg could not show the quick affine: {error}")
+            return
+        self._affineShown = True
+        self.ui.statusLabel.text = "Affine from the clicks; refining…"
+
+    def _pollRun(self):
         for event in self._run.poll():
             if event["type"] == "progress":
                 self.ui.progressBar.value = int(100 * event["fraction"])
-                self.ui.statusLabel.text = event["stage"].capitalize() + "…"
+                if not self._affineShown:
+                    self.ui.statusLabel.text = event["stage"].capitalize() + "…"
+            elif event["type"] == "affine":
+                self._onAffine(event)
         if not self._run.finished:
             return
-        self._timer.stop()
         run, self._run = self._run, None
         if run.error:
-            run.cleanup()  # the log stays (run.log_path): "Show worker log" opens it
+            self.logic.revertAffine(run, self._parameterNode)
             self._setRunning(False)
-            # one line in the panel, no dialog: live mode may fail a run per prompt edit
+            # one line in the panel, no dialog: live mode may fail a run per prompt edit (the log stays: "Show log")
             self.ui.statusLabel.text = f"Failed: {run.error.strip().splitlines()[0] if run.error.strip() else 'no message'}"
             logging.error(f"PromptReg failed: {run.error} (worker log: {run.log_path})")
             return
@@ -420,7 +525,8 @@ class PromptRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._quiet = False
         self._observePrompts()
         device = run.result.get("device", "cpu").upper()
-        self._showResult(nodes, f"Refitted on {device}" if run.request.get("request") == "refit" else f"Done on {device}")
+        what = {"refit": "Refitted", "correct": "Refitted", "add_click": "Click added"}.get(run.kind, "Done")
+        self._showResult(nodes, f"{what} on {device}")
 
     def _showResult(self, nodes: dict, what: str):
         self._lastPairs = nodes["report"]["pairs"]
@@ -441,9 +547,9 @@ class PromptRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onCancel(self):
         if self._run is not None:
-            self._timer.stop()
-            self._run.cancel()  # returns at once; the worker's process tree is stopped in the background
-            self._run = None
+            run, self._run = self._run, None
+            run.cancel()  # returns at once; the worker answers within about a second and keeps what it holds
+            self.logic.revertAffine(run, self._parameterNode)
             self.ui.statusLabel.text = "Cancelled."
             self._setRunning(False)
 
@@ -469,17 +575,25 @@ class PromptRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 class PromptRegLogic(ScriptedLoadableModuleLogic):
     """No GUI: can be driven from the Python console. Talks to PromptRegLib only through files and the worker.
 
-    Every loaded result's run folder (inputs and outputs) is kept in a history of up to :data:`HISTORY` results:
-    "reject and refit" and Prompt Y corrections refit from the current one's written ROI pairs and from the
-    moving volume as it was exported; undo and redo load an earlier or later one again, file for file.
+    One long-lived worker per scene (:attr:`session`, started at the first request, ended with the scene or the
+    module) keeps the model, the volumes' encoded views and the last result in memory: the volumes are encoded as
+    soon as both are chosen (:meth:`startEncode`), and registering, adding a click, correcting a Prompt Y and
+    rejecting pairs reuse what it holds. Each volume is exported once per state and reused by path (the worker
+    knows an image by its file). Every loaded result's run folder is kept in a history of up to :data:`HISTORY`
+    results; undo and redo load an earlier or later one again, file for file. A change of a result the worker no
+    longer holds (after an undo, a cancel, a worker's death) is refitted from that result's folder and the files
+    it used, or registered again.
     """
 
     HISTORY = 20
 
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
-        self.history = []      # WorkerRuns whose results were loaded, oldest first
+        self.history = []      # requests whose results were loaded, oldest first
         self.position = -1     # the one the scene shows
+        self.encoding = None   # the latest background encode request
+        self._session = None
+        self._exports = VolumeExports()
 
     @property
     def lastRun(self):
@@ -621,19 +735,77 @@ class PromptRegLogic(ScriptedLoadableModuleLogic):
             raise RuntimeError(f"promptreg cache failed: {lines[-1]}")
         return [line for line in done.stdout.splitlines() if line.strip()]
 
-    @staticmethod
-    def _newRun(workRoot: str | None):
-        from PromptRegLib.apps.worker_client import WorkerRun  # installed beside this file; imports no torch
+    # --- the worker session --------------------------------------------------------------------------
+    @property
+    def session(self):
+        """The scene's worker session (PromptRegSlicer.session.PanelSession), made on first use; its worker starts at
+        the first request and is replaced at the next one if it died."""
+        if self._session is None:
+            self._session = PanelSession(python=self.workerPython())
+        return self._session
 
-        workRoot = workRoot or (slicer.app.temporaryPath if hasattr(slicer, "app") else None)
-        return WorkerRun(python=PromptRegLogic.workerPython(), work_root=workRoot)
+    def closeSession(self, wait_s: float = 0.0) -> None:
+        """End the worker (scene closed, module cleaned up); the next request starts a fresh one."""
+        if self._session is not None:
+            self._session.close(wait_s)
+        self._session, self.encoding = None, None
+
+    def poll(self) -> None:
+        """Hand the worker's events to their requests (the requests' own ``poll`` does this too)."""
+        if self._session is not None:
+            self._session.poll()
+
+    def busy(self) -> bool:
+        """Whether some request is still unanswered (a cancelled one included: its answer removes its folder)."""
+        return self._session is not None and self._session.busy()
+
+    @staticmethod
+    def _workRoot(workRoot: str | None) -> str | None:
+        return workRoot or (slicer.app.temporaryPath if hasattr(slicer, "app") else None)
+
+    def _runFolder(self, workRoot: str | None) -> Path:
+        return Path(tempfile.mkdtemp(prefix="promptreg-run-", dir=self._workRoot(workRoot)))
+
+    def exportInputs(self, parameters, workRoot: str | None = None) -> tuple[str, str]:
+        """The fixed (world coordinates) and moving volume files, written only when a volume changed since its last
+        export: the same files are the same images to the worker, which then reuses their encoded views."""
+        root = self._workRoot(workRoot)
+        return (str(self._exports.path("fixed", parameters.fixedVolume, root)),
+                str(self._exports.path("moving", parameters.movingVolume, root)))
+
+    def startEncode(self, parameters, workRoot: str | None = None):
+        """Encode the chosen volumes in the background, ahead of the first click (a request handle), cancelling an
+        encode of other volumes; None when the worker holds or is already making these views."""
+        images = self.exportInputs(parameters, workRoot)
+        session = self.session
+        if session.has_images(images):
+            return None
+        self.cancelEncoding()
+        fields = {"fixed": images[0], "moving": images[1],
+                  "original_files": {"fixed": mrml.original_file(parameters.fixedVolume),
+                                     "moving": mrml.original_file(parameters.movingVolume)}}
+        fields.update({key: value for key, value in options.registration_options(parameters).items()
+                       if value is not None and key != "pairs_only"})
+        self.encoding = session.send("encode", fields, images=images)
+        return self.encoding
+
+    def cancelEncoding(self) -> bool:
+        """Cancel the running background encode (the volumes changed); True if there was one."""
+        if self.encoding is None or self.encoding.finished or self.encoding.cancelled:
+            return False
+        self.encoding.cancel()
+        return True
 
     def startRun(self, parameters, pairsOnly: bool = False, workRoot: str | None = None):
-        """Write the inputs to a fresh temporary folder and start the worker (returns a WorkerRun)."""
-        run = self._newRun(workRoot)
-        request = mrml.build_request(parameters.fixedVolume, parameters.movingVolume, parameters.promptX,
-                                     run.folder / "inputs", options.registration_options(parameters, pairsOnly), parameters.boxPrompt)
-        return run.start(request)
+        """Register in the session's worker (the volumes' encoded views reused when they are held): a request handle
+        whose outputs go to a fresh run folder."""
+        images = self.exportInputs(parameters, workRoot)
+        if self.encoding is not None and self.encoding.images != images:
+            self.cancelEncoding()  # another pair's views would be dropped anyway
+        fields = {"fixed": images[0], "moving": images[1]}
+        fields.update(mrml.request_fields(parameters.fixedVolume, parameters.movingVolume, parameters.promptX,
+                                          options.registration_options(parameters, pairsOnly), parameters.boxPrompt))
+        return self.session.send("register", fields, self._runFolder(workRoot), images)
 
     def canRefit(self) -> bool:
         return self.lastRun is not None and (Path(self.lastRun.result["output_dir"]) / "report.json").exists()
@@ -644,13 +816,36 @@ class PromptRegLogic(ScriptedLoadableModuleLogic):
     def _userRejected(self) -> list[str]:
         return [pair["name"] for pair in self._report()["pairs"] if pair.get("rejected_by_user")]
 
+    def _sessionHoldsShown(self) -> bool:
+        """Whether the worker holds the result the scene shows (not after an undo, a cancel or a worker's death)
+        and it has a transform to refit (a "find corresponding regions" result is refitted from its folder)."""
+        session = self.session
+        session.poll()
+        return session.holds(self.lastRun) and (Path(self.lastRun.result["output_dir"]) / "transform.h5").exists()
+
+    def _change(self, kind: str, fields: dict, parameters, workRoot: str | None):
+        """A change of the shown result in the worker's memory (decoding only): the fit's options from the panel,
+        the images named so the worker refuses it if it holds others."""
+        images = self.lastRun.images
+        fields = {**fields, "fixed": images[0], "moving": images[1]}
+        fields.update({key: value for key, value in options.refit_options(parameters).items() if value is not None})
+        return self.session.send(kind, fields, self._runFolder(workRoot), images)
+
+    def _refitFromFolder(self, parameters, rejected, edits, workRoot: str | None):
+        """The refit of the shown result from its output folder (its written ROI pairs and its input files), for when
+        the worker does not hold it; served by the same worker."""
+        request = mrml.build_refit_request(Path(self.lastRun.result["output_dir"]), rejected,
+                                           options.refit_options(parameters), edits)
+        del request["request"]
+        return self.session.send("refit", request, self._runFolder(workRoot), self.lastRun.images)
+
     def startRefit(self, parameters, rejectPairs, workRoot: str | None = None):
-        """Refit from the current result's written ROI pairs minus ``rejectPairs`` (decoder-free: the fit only)."""
+        """Refit the current result without ``rejectPairs`` (the whole set rejected now; decoder-free: the fit only)."""
         if not self.canRefit():
             raise RuntimeError("no earlier result to refit: run Register or Find corresponding regions first")
-        request = mrml.build_refit_request(Path(self.lastRun.result["output_dir"]), rejectPairs,
-                                           options.refit_options(parameters))
-        return self._newRun(workRoot).start(request)
+        if self._sessionHoldsShown():
+            return self._change("refit", {"reject_pairs": list(rejectPairs)}, parameters, workRoot)
+        return self._refitFromFolder(parameters, rejectPairs, None, workRoot)
 
     def startCorrection(self, parameters, workRoot: str | None = None):
         """Refit after the user moved Prompt Y points (the Prompt Y node against the current result): each moved
@@ -662,19 +857,74 @@ class PromptRegLogic(ScriptedLoadableModuleLogic):
         edits = mrml.prompt_y_edits(parameters.promptY, self._report())
         if not edits:
             return None
+        edits = {name: [float(v) for v in point] for name, point in edits.items()}
+        if self._sessionHoldsShown():
+            return self._change("correct", {"prompt_y_ras": edits}, parameters, workRoot)
         rejected = [name for name in self._userRejected() if name not in edits]
-        request = mrml.build_refit_request(Path(self.lastRun.result["output_dir"]), rejected,
-                                           options.refit_options(parameters), edits)
-        return self._newRun(workRoot).start(request)
+        return self._refitFromFolder(parameters, rejected, edits, workRoot)
+
+    def addedClick(self, parameters, tolerance_mm: float = 0.5):
+        """The one Prompt X point placed since the shown result, the others where they were then and the volumes
+        unchanged — a click the worker can add to the result it holds (decoding only); else None (register again)."""
+        if not self.canRefit() or parameters.promptX is None or not self._sessionHoldsShown():
+            return None
+        if self.exportInputs(parameters) != tuple(self.lastRun.images):
+            return None
+        clicks = [pair["prompt_x_ras"] for pair in self._report()["pairs"] if pair["source"] == "user"]
+        now = mrml.prompt_positions_ras(parameters.promptX)
+        if len(now) != len(clicks) + 1:
+            return None
+        for point, click in zip(now, clicks):
+            if sum((a - b) ** 2 for a, b in zip(point, click)) > tolerance_mm ** 2:
+                return None
+        return now[-1]
+
+    def startAddClick(self, parameters, point, workRoot: str | None = None):
+        """One more Prompt X (world RAS) added to the result the worker holds: paired by decoding only, refitted."""
+        return self._change("add_click", {"prompt_ras": [float(v) for v in point]}, parameters, workRoot)
+
+    # --- results ------------------------------------------------------------------------------------------
+    def showAffine(self, run, event: dict, parameters):
+        """A registration's quick affine (its ``affine`` event) in the output transform node, the moving volume
+        observing it, before the result replaces it in the same node."""
+        node = parameters.outputTransform
+        final = event.get("transform")
+        linear = final == "affine" if final else (node is None or node.IsA("vtkMRMLLinearTransformNode"))
+        node = mrml.show_affine(event["affine_ras"], parameters.fixedVolume, parameters.movingVolume, node, linear,
+                                (parameters.movingSegmentation, parameters.promptY))
+        parameters.outputTransform = node
+        run.affine_shown = True
+        return node
+
+    def revertAffine(self, run, parameters) -> None:
+        """Undo :meth:`showAffine` of a run that failed or was cancelled: the shown result's transform again, or no
+        transform before the first result."""
+        if run is None or not run.affine_shown:
+            return
+        run.affine_shown = False
+        node = parameters.outputTransform
+        if self.lastRun is not None:
+            parameters.outputTransform = mrml.load_result_transform(
+                Path(self.lastRun.result["output_dir"]), self._report(), parameters.fixedVolume,
+                parameters.movingVolume, node, (parameters.movingSegmentation, parameters.promptY))
+            return
+        for observer in (parameters.movingVolume, parameters.movingSegmentation, parameters.promptY):
+            if observer is not None and node is not None and observer.GetTransformNodeID() == node.GetID():
+                observer.SetAndObserveTransformNodeID(None)
+        if node is not None and node.GetScene() is not None:
+            slicer.mrmlScene.RemoveNode(node)
+        parameters.outputTransform = None
 
     def loadResults(self, run, parameters) -> dict:
         """Results into the scene, reusing the output nodes the parameter node references; the run becomes the
         newest in the history (results that had been undone are dropped)."""
         nodes = self._load(run, parameters)
+        run.affine_shown = False
         for dropped in self.history[self.position + 1:] + self.history[:max(0, self.position + 2 - self.HISTORY)]:
             dropped.cleanup()
         self.history = self.history[max(0, self.position + 2 - self.HISTORY): self.position + 1] + [run]
         self.position = len(self.history) - 1
+        self._exports.prune([path for kept in self.history for path in (kept.images or ())])
         return nodes
 
     def _load(self, run, parameters) -> dict:
@@ -712,9 +962,11 @@ class PromptRegLogic(ScriptedLoadableModuleLogic):
         return nodes
 
     def discardHistory(self) -> None:
+        """Remove every result's folder and the exported volumes (the scene is closing)."""
         for run in self.history:
             run.cleanup()
         self.history, self.position = [], -1
+        self._exports.clear()
 
     # --- quality ------------------------------------------------------------------------------------------
     @staticmethod
@@ -814,5 +1066,6 @@ class PromptRegTest(ScriptedLoadableModuleTest):
         for point in lungs:
             got = mrml.transform_point_fixed_to_moving(result["transform"], point)
             self.assertLess(float(np.linalg.norm(np.subtract(got, truth.TransformPoint(point)))), 6.0)
+        logic.closeSession(wait_s=5.0)
         logic.discardHistory()
         self.delayDisplay("Test passed")

@@ -99,16 +99,50 @@ def original_file(volume_node) -> str | None:
     return storage.GetFileName() if storage is not None and storage.GetFileName() else None
 
 
+def _elements(matrix) -> tuple:
+    return tuple(matrix.GetElement(row, column) for row in range(4) for column in range(4))
+
+
+def volume_state(volume_node, world: bool = False) -> tuple:
+    """What the file :func:`write_volume` (``world``: :func:`write_volume_world`) would write depends on: the node,
+    its voxels (the image data's modification time, which counts its arrays' too), its geometry and, in world
+    coordinates, its parent transform (a linear one by its matrix, another by its modification time). Equal states
+    write the same file, so a volume is exported once per state and the worker sees the same image again."""
+    image = volume_node.GetImageData()
+    ijk_to_ras = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASMatrix(ijk_to_ras)
+    state = (volume_node.GetID(), image.GetMTime() if image is not None else None, _elements(ijk_to_ras))
+    if not world:
+        return state
+    parent = volume_node.GetParentTransformNode()
+    if parent is None:
+        placement = None
+    elif parent.IsTransformToWorldLinear():
+        to_world = vtk.vtkMatrix4x4()
+        parent.GetMatrixTransformToWorld(to_world)
+        placement = _elements(to_world)
+    else:
+        placement = (parent.GetID(), parent.GetTransformToWorldMTime())
+    return state + (placement,)
+
+
+def request_fields(fixed_node, moving_node, prompt_node, options: dict, roi_node=None) -> dict:
+    """A registration request's fields but its image files (see ``PromptRegLib.apps.worker``): the files the volumes
+    were loaded from, the prompts (world RAS) and the options that are set."""
+    request = {"original_files": {"fixed": original_file(fixed_node), "moving": original_file(moving_node)},
+               "prompts_ras": prompt_positions_ras(prompt_node) if prompt_node is not None else [],
+               "boxes_ras": [roi_box_ras(roi_node)] if roi_node is not None else []}
+    request.update({key: value for key, value in options.items() if value is not None})
+    return request
+
+
 def build_request(fixed_node, moving_node, prompt_node, folder: Path, options: dict, roi_node=None) -> dict:
     """Write the inputs into ``folder`` and return the worker request (see ``PromptRegLib.apps.worker``)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     request = {"fixed": str(write_volume_world(fixed_node, folder / "fixed.nrrd")),
-               "moving": str(write_volume(moving_node, folder / "moving.nrrd")),
-               "original_files": {"fixed": original_file(fixed_node), "moving": original_file(moving_node)},
-               "prompts_ras": prompt_positions_ras(prompt_node) if prompt_node is not None else [],
-               "boxes_ras": [roi_box_ras(roi_node)] if roi_node is not None else []}
-    request.update({key: value for key, value in options.items() if value is not None})
+               "moving": str(write_volume(moving_node, folder / "moving.nrrd"))}
+    request.update(request_fields(fixed_node, moving_node, prompt_node, options, roi_node))
     return request
 
 
@@ -229,18 +263,55 @@ def load_results(result: dict, fixed_node, moving_node, outputs: dict | None = N
         "prompt_y": load_point_list(folder / "prompts_y.mrk.json", "Prompt Y", outputs.get("prompt_y")),
     }
     report = json.loads((folder / "report.json").read_text())
-    if (folder / "transform.h5").exists():
-        linear = report.get("fit_options_used", {}).get("transform") == "affine"
-        transform = load_transform(folder / "transform.h5", transform_name(moving_node, fixed_node), outputs.get(
-            "transform"), linear=linear)
-        for node in (moving_node, nodes["moving_segmentation"], nodes["prompt_y"]):
-            node.SetAndObserveTransformNodeID(transform.GetID())
+    transform = load_result_transform(folder, report, fixed_node, moving_node, outputs.get("transform"),
+                                      (nodes["moving_segmentation"], nodes["prompt_y"]))
+    if transform is not None:
         nodes["transform"] = transform
         if load_warped:
             nodes["warped"] = load_volume(folder / "warped_moving.nrrd", f"{moving_node.GetName()} registered",
                                           outputs.get("warped"))
     nodes["report"] = report
     return nodes
+
+
+def load_result_transform(folder: Path, report: dict, fixed_node, moving_node, node=None, observers=()):
+    """A result folder's ``transform.h5`` into ``node`` (a linear or grid transform node as its kind needs, see
+    :func:`load_transform`), observed by the moving volume and ``observers``; None for a result without one."""
+    path = Path(folder) / "transform.h5"
+    if not path.exists():
+        return None
+    linear = report.get("fit_options_used", {}).get("transform") == "affine"
+    transform = load_transform(path, transform_name(moving_node, fixed_node), node, linear=linear)
+    for observer in (moving_node, *observers):
+        if observer is not None and observer.GetScene() is not None:
+            observer.SetAndObserveTransformNodeID(transform.GetID())
+    return transform
+
+
+def show_affine(affine_ras, fixed_node, moving_node, node=None, linear: bool = True, observers=()):
+    """A quick affine shown before the result: ``affine_ras`` (4 × 4, fixed RAS → moving RAS, the worker's ``affine``
+    event) as the FromParent transform of ``node`` — the node the result will be loaded into, so the result replaces it
+    there: a linear transform node when the result is affine (``linear``), else a grid transform node holding the
+    matrix until the grid arrives; a reused ``node`` of the other kind is replaced. The moving volume and
+    ``observers`` observe it."""
+    wanted = "vtkMRMLLinearTransformNode" if linear else "vtkMRMLGridTransformNode"
+    if node is not None and (node.GetScene() is None or node.GetClassName() != wanted):
+        if node.GetScene() is not None:
+            _scene().RemoveNode(node)
+        node = None
+    if node is None:
+        node = _scene().AddNewNodeByClass(wanted, transform_name(moving_node, fixed_node))
+    matrix = vtk.vtkMatrix4x4()
+    for row in range(4):
+        for column in range(4):
+            matrix.SetElement(row, column, float(affine_ras[row][column]))
+    affine = vtk.vtkTransform()
+    affine.SetMatrix(matrix)
+    node.SetAndObserveTransformFromParent(affine)
+    for observer in (moving_node, *observers):
+        if observer is not None and observer.GetScene() is not None:
+            observer.SetAndObserveTransformNodeID(node.GetID())
+    return node
 
 
 def transform_name(moving_node, fixed_node) -> str:

@@ -25,13 +25,14 @@ views and embeddings, the last result — answers requests, one JSON object per 
 and a ``"request"``; every event on stdout carries the id of the request it answers::
 
     {"id", "type": "progress", "stage", "fraction"[, "done", "total", "unit"]}
-    {"id", "type": "affine", "pairs", "affine_lps": {"matrix", "offset"}, "affine_ras"}   # register: shown early
+    {"id", "type": "affine", "pairs", "affine_lps": {"matrix", "offset"}, "affine_ras", "transform"}  # shown early
     {"id", "type": "encoded", "slices", "embedding_cache", "seconds"}                      # encode's answer
     {"id", "type": "result", "request", "pairs", "device", "report"[, "output_dir", "files"]}
     {"id", "type": "error", "request", "message", "exit_code"[, "cancelled": true]}
 
 Requests: ``encode`` {fixed, moving, original_files, options} — the views made and every slice encoded;
-``register`` {fixed, moving, prompts_ras, prompts_file, boxes_ras, pairs_ras, original_files, output_dir, options};
+``register`` {fixed, moving, prompts_ras, prompts_file, boxes_ras, pairs_ras, original_files, output_dir, options}
+(its ``affine`` event's ``transform`` names the kind of the final one, "affine" or "deformable");
 ``add_click`` {prompt_ras: [R, A, S]}; ``correct`` {prompt_y_ras: {pair name: [R, A, S]}}; ``refit``
 {reject_pairs} (or, with ``pairs_from``, the refit from an output folder above); these three take
 ``output_dir``, the fit's options and, optionally, ``fixed``/``moving`` (then refused unless the session holds
@@ -396,9 +397,11 @@ class Server:
 
     def _register(self, job: Job) -> tuple[str, dict]:
         fixed, moving = self.images.pair(job.request)
-        result = self.session.register(fixed, moving, request_prompts(job.request),
-                                       RegistrationOptions.from_mapping(job.request), job.progress, job.cancelled,
-                                       on_affine=lambda quick: self.emit(job.id, "affine", **affine_event(quick)))
+        prompts, options = request_prompts(job.request), RegistrationOptions.from_mapping(job.request)
+        final = options.for_run(fixed, prompts)[1].transform  # the kind the run ends with: the panel's node for it
+        result = self.session.register(fixed, moving, prompts, options, job.progress, job.cancelled,
+                                       on_affine=lambda quick: self.emit(job.id, "affine", **affine_event(quick),
+                                                                         transform=final))
         return "result", self._answer(job, result)
 
     def _add_click(self, job: Job) -> tuple[str, dict]:

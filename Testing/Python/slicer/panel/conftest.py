@@ -82,3 +82,16 @@ def _with_test_backend():
 
 test_backend = pytest.fixture(_with_test_backend, name="test_backend")
 module_test_backend = pytest.fixture(_with_test_backend, scope="module", name="module_test_backend")
+
+
+@pytest.fixture
+def slow_worker(promptreg, tmp_path, monkeypatch):
+    """The panel's worker started through a launcher that makes ``test-patches`` take 0.05 s a slice and a decoder
+    call (a real model's pace), so a cancel or a change of volume lands inside the stage; a fresh embedding cache, so
+    no slice is found already encoded."""
+    from slicer_panel_harness.slow import write_slow_python
+
+    python = str(write_slow_python(tmp_path))
+    monkeypatch.setattr(promptreg.PromptRegLogic, "workerPython", staticmethod(lambda: python))
+    monkeypatch.setenv("PROMPTREG_CACHE", str(tmp_path / "embedding-cache"))
+    return python

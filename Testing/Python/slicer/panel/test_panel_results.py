@@ -1,5 +1,6 @@
 """A result in the panel, step by step on one panel (module fixtures, in order): Register → paired segments, Prompt Y
-and the transform, listed in the pair table; reject a pair and refit; Undo and Redo; Compare; live mode.
+and the transform, listed in the pair table; reject a pair and refit; Undo and Redo; Compare; live mode (a moved
+Prompt Y corrected, a click added in the worker's memory, a moved Prompt X registered again).
 
 The real worker runs with the weight-free ``test-patches`` backend on the 96 × 96 synthetic pair (moving = fixed
 shifted by ``SHIFT_LPS``) and the Quick preset (an affine): each run takes a few seconds, mostly the worker's start.
@@ -156,7 +157,36 @@ def test_live_mode_moving_a_prompt_y_starts_one_correction_after_the_pause(refit
     assert panel.ui.statusLabel.text.startswith("Refitted on CPU"), panel.ui.statusLabel.text
     report = panel.logic._report()
     moved = next(pair for pair in report["pairs"] if pair["name"] == prompt_y.GetNthControlPointLabel(index))
-    np.testing.assert_allclose(moved["prompt_y_ras"], start + [6.0, 0.0, 0.0], atol=0.5)
+    # the worker's own report lists a 2D image's points with two coordinates (R, A)
+    np.testing.assert_allclose(moved["prompt_y_ras"][:2], (start + [6.0, 0.0, 0.0])[:2], atol=0.5)
+
+
+def test_live_mode_adding_a_prompt_x_adds_it_in_the_worker_and_moving_one_registers_again(refitted, monkeypatch):
+    """One more click is paired in the worker's memory (add_click: decoding only), not registered again; a moved
+    Prompt X registers again."""
+    import PromptReg
+    from PromptRegLib.apps.worker_client import WorkerSession
+
+    panel, parameters = refitted.panel, refitted.parameters
+    kinds = []
+    request = WorkerSession.request
+    monkeypatch.setattr(WorkerSession, "request", lambda self, kind, **fields: kinds.append(kind) or request(self, kind, **fields))
+    prompts = parameters.promptX
+    prompts.AddControlPoint(0.0, 40.0, 0.0)  # the user places a fourth point, on the body
+    wait_until(lambda: kinds, PromptReg.LIVE_DELAY_MS / 1000 + 5, "the live run to start")
+    _finish(panel, "the added click")
+    assert kinds == ["add_click"], kinds
+    assert panel.ui.statusLabel.text.startswith("Click added on CPU"), panel.ui.statusLabel.text
+    table = panel.ui.pairsTable
+    assert table.rowCount == 4 and _column(table, 0)[-1] == "Prompt 4"
+    assert parameters.fixedSegmentation.GetSegmentation().GetNumberOfSegments() == 4
+    kinds.clear()
+    prompts.SetNthControlPointPosition(0, *np.add(CLICKS_RAS[0], [4.0, 0.0, 0.0]))  # a drag of the first point
+    prompts.InvokeEvent(slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent)
+    wait_until(lambda: kinds, PromptReg.LIVE_DELAY_MS / 1000 + 5, "the live run to start")
+    _finish(panel, "the new registration")
+    assert kinds == ["register"], kinds
+    assert panel.ui.statusLabel.text.startswith("Done on CPU"), panel.ui.statusLabel.text
 
 
 def test_the_screenshots_render_from_the_real_ui(refitted, tmp_path):

@@ -19,16 +19,17 @@ CLICKS_RAS = [(-40.0, 0.0, 0.0), (40.0, 0.0, 0.0), (0.0, -30.0, 0.0)]
 _STRUCTURES = (((-40, 0), (22, 30), 0.05), ((40, 0), (20, 28), 0.05), ((0, 30), (15, 15), 0.8))  # LPS centre, radii
 
 
-def phantom(shift_lps=(0.0, 0.0), size: int = 96, spacing: float = 2.0, seed: int = 0):
-    """The body moved by ``shift_lps`` (mm), as a SimpleITK image of one slice."""
+def phantom(shift_lps=(0.0, 0.0), size: int = 96, spacing: float = 2.0, seed: int = 0, slices: int = 1):
+    """The body moved by ``shift_lps`` (mm), as a SimpleITK image of ``slices`` equal slices 5 mm apart (each with its
+    own noise)."""
     import SimpleITK as sitk
 
     coordinates = (np.arange(size) - (size - 1) / 2) * spacing
     y, x = np.meshgrid(coordinates - shift_lps[1], coordinates - shift_lps[0], indexing="ij")
-    values = np.zeros((1, size, size), np.float32)
-    values[0][(x / 85) ** 2 + (y / 75) ** 2 <= 1] = 0.3
+    values = np.zeros((slices, size, size), np.float32)
+    values[:, (x / 85) ** 2 + (y / 75) ** 2 <= 1] = 0.3
     for (cx, cy), (rx, ry), value in _STRUCTURES:
-        values[0][((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 <= 1] = value
+        values[:, ((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 <= 1] = value
     values += np.random.default_rng(seed).normal(0, 0.02, values.shape).astype(np.float32)
     image = sitk.GetImageFromArray(values)
     image.SetSpacing((spacing, spacing, 5.0))
@@ -36,12 +37,14 @@ def phantom(shift_lps=(0.0, 0.0), size: int = 96, spacing: float = 2.0, seed: in
     return image
 
 
-def write_pair(folder: Path) -> tuple[Path, Path]:
+def write_pair(folder: Path, slices: int = 1, seed: int = 0) -> tuple[Path, Path]:
+    """The fixed and the moving phantom as ``fixed.nrrd`` and ``moving.nrrd`` in ``folder`` (``seed``: their noise,
+    so that no other test's embeddings are in the cache)."""
     import SimpleITK as sitk
 
     folder = Path(folder)
-    sitk.WriteImage(phantom(), str(folder / "fixed.nrrd"))
-    sitk.WriteImage(phantom(SHIFT_LPS, seed=1), str(folder / "moving.nrrd"))
+    sitk.WriteImage(phantom(seed=seed, slices=slices), str(folder / "fixed.nrrd"))
+    sitk.WriteImage(phantom(SHIFT_LPS, seed=seed + 1, slices=slices), str(folder / "moving.nrrd"))
     return folder / "fixed.nrrd", folder / "moving.nrrd"
 
 
