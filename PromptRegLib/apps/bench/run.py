@@ -67,11 +67,12 @@ def _child_main(sender, function: Callable, args: tuple) -> None:
     """In the child: run ``function(*args, progress)``; send progress messages, then its result (or its error)."""
     last = [None]
 
-    def progress(stage: str, fraction: float) -> None:
-        message = (stage, int(100 * fraction))
-        if message != last[0]:  # at most one message per stage and percent
+    def progress(stage: str, fraction: float | None, done: int | None = None, total: int | None = None,
+                 unit: str | None = None) -> None:  # the library's progress protocol (core/progress.py), forwarded
+        message = (stage, None if fraction is None else int(100 * fraction), done)
+        if message != last[0]:  # at most one message per stage, percent and count
             last[0] = message
-            sender.send(("progress", (stage, fraction)))
+            sender.send(("progress", (stage, fraction, done, total, unit)))
 
     try:
         result = function(*args, progress)

@@ -75,6 +75,7 @@ def test_a_derived_case_takes_its_base_fields_but_not_its_flags_and_names_a_miss
 # --- guarded runs: the children below are module-level so a spawned process can import them ------------------
 def _answer(value, progress):
     progress("halfway", 0.5)
+    progress("encoding fixed", 0.6, 3, 34, "slices")  # the library's counted form (core/progress.py)
     return {"value": value}
 
 
@@ -95,8 +96,8 @@ def _hold_memory(megabytes, progress):
 
 def test_a_guarded_run_returns_its_result_and_forwards_progress():
     seen = []
-    assert run_guarded(_answer, (7,), Limits(timeout_s=120), lambda stage, f: seen.append((stage, f))) == {"value": 7}
-    assert seen == [("halfway", 0.5)]
+    assert run_guarded(_answer, (7,), Limits(timeout_s=120), lambda *event: seen.append(event)) == {"value": 7}
+    assert seen == [("halfway", 0.5, None, None, None), ("encoding fixed", 0.6, 3, 34, "slices")]
 
 
 def test_a_crashing_child_becomes_an_error_row():
