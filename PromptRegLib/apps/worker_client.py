@@ -60,7 +60,8 @@ def _new_session_options() -> dict:
     return {"start_new_session": True}
 
 
-def _group_alive(group: int) -> bool:
+def group_alive(group: int) -> bool:
+    """Whether any process of process group ``group`` still runs (POSIX)."""
     try:
         os.killpg(group, 0)
         return True
@@ -88,7 +89,7 @@ def kill_process_tree(process: subprocess.Popen, grace_s: float = CANCEL_GRACE_S
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline:
         process.poll()  # reap the launcher, or it lingers in the group as a zombie
-        if not _group_alive(group):
+        if not group_alive(group):
             break
         time.sleep(0.05)
     try:

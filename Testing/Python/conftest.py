@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -73,3 +74,39 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+#: the slow launcher's cost per encoded slice and per decoder call (s): a real model's pace
+SLOW_ENCODE_S, SLOW_DECODE_S = 0.05, 0.05
+SLOW_LAUNCHER = '''#!{python}
+"""The worker with test-patches slowed to a real model's pace: {encode_s} s a slice, {decode_s} s a decoder call."""
+import runpy, sys, time
+from PromptRegLib.models.patches import PatchSlices
+
+encode, decode = PatchSlices._encode_inputs, PatchSlices._decode
+
+
+def slow_encode(self, inputs):
+    time.sleep({encode_s} * len(inputs))
+    return encode(self, inputs)
+
+
+def slow_decode(self, *args):
+    time.sleep({decode_s})
+    return decode(self, *args)
+
+
+PatchSlices._encode_inputs, PatchSlices._decode = slow_encode, slow_decode
+sys.argv = [sys.argv[0], *sys.argv[3:]]  # "-m PromptRegLib.apps.worker --serve" → "--serve"
+runpy.run_module("PromptRegLib.apps.worker", run_name="__main__")
+'''
+
+
+@pytest.fixture
+def slow_python(tmp_path) -> str:
+    """A Python for the worker that makes the weight-free ``test-patches`` backend take a real model's time, so a
+    cancel or a change of volume lands inside a stage: pass it where the worker's Python goes."""
+    launcher = tmp_path / "slow-python"
+    launcher.write_text(SLOW_LAUNCHER.format(python=sys.executable, encode_s=SLOW_ENCODE_S, decode_s=SLOW_DECODE_S))
+    launcher.chmod(0o755)
+    return str(launcher)

@@ -24,8 +24,6 @@ from PromptRegLib.apps.worker_client import WorkerSession
 
 #: cancel → its error event, at most (the issue's bound)
 CANCEL_LIMIT_S = 2.0
-#: the slow launcher's cost per encoded slice and per decoder call (s)
-SLOW_ENCODE_S, SLOW_DECODE_S = 0.05, 0.05
 CLICKS_RAS = [[40.0, 0.0], [-40.0, 0.0], [0.0, -30.0]]
 CLICKS_3D_RAS = [[40.0, 0.0, 0.0], [-40.0, 0.0, 0.0]]
 #: the stage of a region growing through slices (decoder calls only, once its slices are encoded)
@@ -33,28 +31,6 @@ GROWING = "growing regions through slices"
 #: pairs from the clicks only, the fit on the ROI pairs only (seconds on these images)
 FAST = {"model": "test-patches", "auto_pairs": 0, "warps": 0, "feature_weight": 0, "mind_weight": 0}
 
-LAUNCHER = '''#!{python}
-"""The worker with test-patches slowed to a real model's pace: {encode_s} s a slice, {decode_s} s a decoder call."""
-import runpy, sys, time
-from PromptRegLib.models.patches import PatchSlices
-
-encode, decode = PatchSlices._encode_inputs, PatchSlices._decode
-
-
-def slow_encode(self, inputs):
-    time.sleep({encode_s} * len(inputs))
-    return encode(self, inputs)
-
-
-def slow_decode(self, *args):
-    time.sleep({decode_s})
-    return decode(self, *args)
-
-
-PatchSlices._encode_inputs, PatchSlices._decode = slow_encode, slow_decode
-sys.argv = [sys.argv[0], *sys.argv[3:]]  # "-m PromptRegLib.apps.worker --serve" → "--serve"
-runpy.run_module("PromptRegLib.apps.worker", run_name="__main__")
-'''
 
 
 def phantom(size, spacing: float, shift_lps, seed: int) -> sitk.Image:
@@ -98,11 +74,8 @@ def worker(tmp_path):
 
 
 @pytest.fixture
-def slow_worker(tmp_path):
-    launcher = tmp_path / "slow-python"
-    launcher.write_text(LAUNCHER.format(python=sys.executable, encode_s=SLOW_ENCODE_S, decode_s=SLOW_DECODE_S))
-    launcher.chmod(0o755)
-    session = WorkerSession(python=str(launcher), log_dir=str(tmp_path / "logs"))
+def slow_worker(slow_python, tmp_path):
+    session = WorkerSession(python=slow_python, log_dir=str(tmp_path / "logs"))
     yield session
     session.close()
     assert session.join_close(30)

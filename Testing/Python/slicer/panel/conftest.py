@@ -85,13 +85,10 @@ module_test_backend = pytest.fixture(_with_test_backend, scope="module", name="m
 
 
 @pytest.fixture
-def slow_worker(promptreg, tmp_path, monkeypatch):
-    """The panel's worker started through a launcher that makes ``test-patches`` take 0.05 s a slice and a decoder
-    call (a real model's pace), so a cancel or a change of volume lands inside the stage; a fresh embedding cache, so
-    no slice is found already encoded."""
-    from slicer_panel_harness.slow import write_slow_python
-
-    python = str(write_slow_python(tmp_path))
-    monkeypatch.setattr(promptreg.PromptRegLogic, "workerPython", staticmethod(lambda: python))
+def slow_worker(promptreg, slow_python, tmp_path, monkeypatch):
+    """The panel's worker started through the slow launcher (``slow_python``: test-patches at a real model's pace), so
+    a cancel or a change of volume lands inside the stage; a fresh embedding cache, so no slice is found already
+    encoded."""
+    monkeypatch.setattr(promptreg.PromptRegLogic, "workerPython", staticmethod(lambda: slow_python))
     monkeypatch.setenv("PROMPTREG_CACHE", str(tmp_path / "embedding-cache"))
-    return python
+    return slow_python

@@ -11,16 +11,9 @@ import signal
 import time
 
 import pytest
+from PromptRegLib.apps.worker_client import group_alive
 from slicer_panel_harness.application import wait_until
 from slicer_panel_harness.pair import CLICKS_RAS, SHIFT_LPS, add_pair, choose_pair
-
-
-def _group_alive(group: int) -> bool:
-    try:
-        os.killpg(group, 0)
-        return True
-    except ProcessLookupError:
-        return False
 
 
 @pytest.mark.skipif(os.name != "posix", reason="process groups are POSIX")  # the project's machines are Linux
@@ -218,9 +211,9 @@ def test_the_worker_ends_with_the_scene_and_with_the_panel(harness, promptreg, s
             groups.append(panel.logic.session.worker.process.pid)
             if len(groups) == 1:
                 scene.Clear(0)
-                wait_until(lambda: not _group_alive(groups[0]), 5, "the worker to end with the scene")
+                wait_until(lambda: not group_alive(groups[0]), 5, "the worker to end with the scene")
                 assert panel.logic._session is None and not panel.ui.encodingStatusLabel.visible
     finally:
         harness.close_panel(panel)
     assert groups[1] != groups[0]
-    wait_until(lambda: not _group_alive(groups[1]), 5, "the worker to end with the panel")
+    wait_until(lambda: not group_alive(groups[1]), 5, "the worker to end with the panel")
