@@ -384,31 +384,27 @@ class PromptRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         if not self._ensureDependencies():
             return
+        self._startAndWatch("start", lambda: self.logic.startRun(p, pairsOnly=pairsOnly), "Starting…")
+
+    def _startAndWatch(self, failure: str, start, status: str) -> None:
+        """Watch the request ``start()`` sends, under ``status``; if it cannot be sent, one dialog saying why."""
         try:
-            run = self.logic.startRun(p, pairsOnly=pairsOnly)
+            run = start()
         except Exception as error:
-            slicer.util.errorDisplay(f"PromptReg could not start: {error}", detailedText=traceback.format_exc())
+            slicer.util.errorDisplay(f"PromptReg could not {failure}: {error}", detailedText=traceback.format_exc())
             return
-        self._watch(run, "Starting…")
+        self._watch(run, status)
 
     def onAddClick(self, point):
-        try:
-            run = self.logic.startAddClick(self._parameterNode, point)
-        except Exception as error:
-            slicer.util.errorDisplay(f"PromptReg could not add the click: {error}", detailedText=traceback.format_exc())
-            return
-        self._watch(run, "Pairing the new Prompt X (cached embeddings) and refitting…")
+        self._startAndWatch("add the click", lambda: self.logic.startAddClick(self._parameterNode, point),
+                            "Pairing the new Prompt X (cached embeddings) and refitting…")
 
     def onRejectAndRefit(self):
         rows = sorted({index.row() for index in self.ui.pairsTable.selectedIndexes()})
         rejected = [self._lastPairs[row]["name"] for row in rows]
         rejected += [pair["name"] for pair in self._lastPairs if pair.get("rejected_by_user")]
-        try:
-            run = self.logic.startRefit(self._parameterNode, rejected)
-        except Exception as error:
-            slicer.util.errorDisplay(f"PromptReg could not refit: {error}", detailedText=traceback.format_exc())
-            return
-        self._watch(run, "Refitting from the ROI pairs (no re-encoding)…")
+        self._startAndWatch("refit", lambda: self.logic.startRefit(self._parameterNode, rejected),
+                            "Refitting from the ROI pairs (no re-encoding)…")
 
     def onCorrect(self):
         try:
