@@ -32,7 +32,7 @@ from ..core.lengths import pixel_scale
 from ..core.progress import Progress, ignore, span
 from ..errors import Cancelled
 from .affine import initial_affine
-from .discrete import cost_volume, coupled_convex
+from .discrete import cost_volume, coupled_convex, discrete_geometry
 from .features import FeatureLoss
 from .field import (
     FittedTransform,
@@ -163,18 +163,23 @@ def discrete_start(objective: Objective, features, affine_points: torch.Tensor, 
                    report: dict) -> torch.Tensor:
     """A displacement field (d, *cells) in LPS mm on the moving side, from the discrete search over the combined
     channels (:mod:`.discrete`), for the deformable fit to start from: it catches local shifts of tens of mm that a
-    gradient fit started at the affine misses. Cells of ``discrete_cell_mm``, offsets within
-    ``discrete_radius_mm``; a shift Δ of the fixed grid is the moving displacement A·Δ."""
+    gradient fit started at the affine misses. Cells of about ``discrete_cell_mm`` along each axis (coarser where
+    the cost volume would outgrow its memory budget, :func:`~.discrete.discrete_geometry`), offsets within about
+    ``discrete_radius_mm`` along each; a shift Δ of the fixed grid is the moving displacement A·Δ."""
     options, reference = objective.options, objective.reference
     fixed, moving, weights = _channels(objective, features, affine_points)
-    spacing = float(reference.spacing.min())
-    cell_voxels = max(1, int(round(options.discrete_cell_mm / spacing)))
-    radius_cells = max(1, int(round(options.discrete_radius_mm / (cell_voxels * spacing))))
-    cost, offsets = cost_volume(fixed, moving, cell_voxels, radius_cells, weights)
+    spacing_numpy = reference.spacing[::-1]
+    geometry = discrete_geometry(fixed.shape[1:], spacing_numpy, options.discrete_cell_mm,
+                                 options.discrete_radius_mm)
+    cost, offsets = cost_volume(fixed, moving, geometry.cell_voxels, geometry.radius_cells, weights)
     cells = coupled_convex(cost, offsets)                                  # (d, *cells), numpy-order axes, cells
-    step_index = cells.flip(0).reshape(reference.dimension, -1).T.numpy() * cell_voxels    # ITK order, voxels
+    cell_voxels = torch.tensor(geometry.cell_voxels, dtype=torch.float32).view(-1, *[1] * reference.dimension)
+    step_index = (cells * cell_voxels).flip(0).reshape(reference.dimension, -1).T.numpy()  # ITK order, voxels
     shift = step_index @ (reference.direction * reference.spacing).T @ matrix.T            # A · Δ, LPS mm
-    report["discrete_step"] = {"cell_mm": cell_voxels * spacing, "radius_mm": radius_cells * cell_voxels * spacing,
+    cell_mm = geometry.cell_mm(spacing_numpy)[::-1]                                        # ITK order
+    report["discrete_step"] = {"cell_mm": cell_mm,
+                               "radius_mm": [r * c for r, c in zip(geometry.radius_cells[::-1], cell_mm)],
+                               "offsets": geometry.offsets, "cells": int(np.prod(geometry.cells)),
                                "mean_shift_mm": float(np.linalg.norm(shift, axis=1).mean())}
     return torch.as_tensor(shift.T.reshape(reference.dimension, *cells.shape[1:]), dtype=torch.float32)
 

@@ -1,6 +1,9 @@
-"""The discrete first step: a large local shift the gradient-only fit misses is found, in 3D and in 2D."""
+"""The discrete first step: a large local shift the gradient-only fit misses is found, in 3D and in 2D, with one
+search radius in mm on anisotropic grids and a cost volume held within its memory budget."""
 from __future__ import annotations
 
+import subprocess
+import sys
 from dataclasses import replace
 
 import numpy as np
@@ -10,7 +13,7 @@ import torch
 
 from PromptRegLib.core.grid import Grid
 from PromptRegLib.core.image import Image
-from PromptRegLib.transform.discrete import cost_volume, coupled_convex
+from PromptRegLib.transform.discrete import cost_volume, coupled_convex, discrete_geometry
 from PromptRegLib.transform.features import FeaturePair
 from PromptRegLib.transform.fit import FitOptions, Objective, discrete_start, fit_transform
 from PromptRegLib.transform.losses import as_mask_image
@@ -86,8 +89,6 @@ def test_in_3d_the_discrete_field_carries_the_shift(one_thread):
     assert float(field[0][0, 0, 0]) == 0.0        # no structure, no displacement
 
 
-
-
 def test_coupled_convex_prefers_the_smooth_field_among_equal_costs():
     """Two offsets cost the same in one cell; its neighbours all chose one of them: the coupling picks that one."""
     offsets = torch.tensor([[-1.0, 0.0], [0.0, 0.0], [1.0, 0.0]])
@@ -101,6 +102,46 @@ def test_coupled_convex_prefers_the_smooth_field_among_equal_costs():
 def test_the_cost_volume_is_zero_at_the_true_offset():
     values = torch.rand(2, 16, 16)
     moved = torch.roll(values, shifts=(2, 0), dims=(1, 2))  # moving content 2 voxels further along the first axis
-    cost, offsets = cost_volume(values, moved, 1, 3, torch.ones(2))
+    cost, offsets = cost_volume(values, moved, (1, 1), (3, 3), torch.ones(2))
     best = offsets[cost[:, 4:-4, 4:-4].reshape(len(offsets), -1).argmin(0)]
     assert torch.all(best == torch.tensor([2.0, 0.0]))
+
+
+#: the chest CT's working grid (numpy order): 10 mm slices beside 5.95 mm pixels, 39 channels
+CHEST_GRID, CHEST_SPACING, CHEST_CHANNELS = (34, 66, 66), (10.0, 5.953, 5.953), 39
+
+
+def test_the_search_radius_is_one_length_in_mm_on_an_anisotropic_grid():
+    geometry = discrete_geometry(CHEST_GRID, CHEST_SPACING, 8.0, 40.0, max_entries=10**12)
+    radius_mm = [r * c for r, c in zip(geometry.radius_cells, geometry.cell_mm(np.array(CHEST_SPACING)))]
+    assert geometry.radius_cells[0] < geometry.radius_cells[1]     # fewer 10 mm cells than 6 mm ones …
+    assert np.allclose(radius_mm, 40.0, atol=3.0), radius_mm       # … for the same 40 mm
+
+
+def test_the_cost_volume_stays_within_its_budget_by_coarser_cells():
+    full = discrete_geometry(CHEST_GRID, CHEST_SPACING, 8.0, 40.0, max_entries=10**12)
+    bounded = discrete_geometry(CHEST_GRID, CHEST_SPACING, 8.0, 40.0, max_entries=50_000_000)
+    assert full.offsets * np.prod(full.cells) > 50_000_000
+    assert bounded.offsets * np.prod(bounded.cells) <= 50_000_000
+    assert max(bounded.cell_voxels) > 1
+    bounded_mm = [r * c for r, c in zip(bounded.radius_cells, bounded.cell_mm(np.array(CHEST_SPACING)))]
+    assert min(bounded_mm) >= 30.0, bounded_mm                     # the reach in mm is kept
+
+
+def test_the_discrete_step_on_a_chest_sized_grid_stays_under_a_gigabyte():
+    """Its peak memory once held 18 GB on the chest CT (offsets × cells × axes temporaries): run it alone in a
+    child process and bound the growth of its resident set."""
+    script = f"""
+import resource, torch
+from PromptRegLib.transform.discrete import cost_volume, coupled_convex, discrete_geometry
+torch.set_num_threads(1)
+fixed, moving = torch.rand({CHEST_CHANNELS}, *{CHEST_GRID}), torch.rand({CHEST_CHANNELS}, *{CHEST_GRID})
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+geometry = discrete_geometry({CHEST_GRID}, {CHEST_SPACING}, 8.0, 40.0)
+cost, offsets = cost_volume(fixed, moving, geometry.cell_voxels, geometry.radius_cells, torch.ones({CHEST_CHANNELS}))
+coupled_convex(cost, offsets)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+"""
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert float(run.stdout.split()[-1]) < 1024, run.stdout     # MB
