@@ -92,14 +92,17 @@ ROTATION_SLACK_DEG = 5.0
 def _lbfgs(parameters, closure, iterations: int, cancel, progress: Progress, stage: str) -> int:
     """L-BFGS with a strong-Wolfe line search on ``closure()``, at most ``iterations`` steps; returns the function
     evaluations made."""
-    optimiser = torch.optim.LBFGS(parameters, lr=1.0, max_iter=iterations, history_size=10, tolerance_grad=1e-6,
-                                  tolerance_change=1e-6, line_search_fn="strong_wolfe")
+    # the line search evaluates more often than it steps: count evaluations against torch's default bound (one line
+    # search may still pass it: the count shown stops there)
+    max_evaluations = iterations * 5 // 4
+    optimiser = torch.optim.LBFGS(parameters, lr=1.0, max_iter=iterations, max_eval=max_evaluations, history_size=10,
+                                  tolerance_grad=1e-6, tolerance_change=1e-6, line_search_fn="strong_wolfe")
     evaluations = []
 
     def evaluate():
         if cancel and cancel():
             raise Cancelled("registration cancelled")
-        progress(stage, None, len(evaluations), iterations, "evaluations")
+        progress(stage, None, min(len(evaluations), max_evaluations), max_evaluations, "evaluations")
         optimiser.zero_grad()
         loss = closure()
         loss.backward()
