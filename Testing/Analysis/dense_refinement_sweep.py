@@ -31,7 +31,7 @@ VARIANTS = {
     "+ MIND (default)": {},
     "+ discrete 40 mm": {"discrete_radius_mm": 40.0},
     "+ discrete + 15 mm level": {"discrete_radius_mm": 40.0, "control_spacing_mm": (60.0, 30.0, 15.0)},
-    "default, Adam on all points": {"coarse_voxels": 0, "finest_lbfgs_iterations": 0},
+    "default with Adam on all points": {"coarse_voxels": 0, "finest_lbfgs_iterations": 0},
 }
 LENGTHS = ("discrete_radius_mm", "control_spacing_mm")
 
@@ -79,14 +79,17 @@ def main() -> None:
     parser.add_argument("--data", default="../shared/data")
     parser.add_argument("--cases", default="ctchest4_3d,abdomen_mr_synth,abdomen_ct_mr,ctchest4_2d,"
                                            "histology_rat_kidney,histology_lung_lesion,aerial_synth")
-    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, of: " + "; ".join(VARIANTS))
     parser.add_argument("--json", help="also write the rows here")
     arguments = parser.parse_args()
     wanted, variants = arguments.cases.split(","), arguments.variants.split(",")
-    rows = [row for case in load_cases(arguments.data) if case.name in wanted for row in sweep_case(case, variants)]
-    if arguments.json:
-        with open(arguments.json, "w") as file:
-            json.dump(rows, file, indent=1, default=float)
+    rows = []
+    for case in load_cases(arguments.data):
+        if case.name in wanted:
+            rows += sweep_case(case, variants)
+            if arguments.json:  # after every case: a long sweep stopped midway keeps what it measured
+                with open(arguments.json, "w") as file:
+                    json.dump(rows, file, indent=1, default=float)
 
 
 if __name__ == "__main__":
