@@ -166,11 +166,18 @@ def warp_image(moving: Image, fixed: Image, transform: sitk.Transform) -> sitk.I
             return warped
         dtype = sitk.GetArrayViewFromImage(sitk.Image(1, 1, stored[0])).dtype
     values = sitk.GetArrayFromImage(warped)
-    if np.issubdtype(dtype, np.integer):
+    vector = values.ndim > fixed.dimension
+    geometry = warped.GetOrigin(), warped.GetSpacing(), warped.GetDirection()
+    del warped
+    if np.issubdtype(dtype, np.integer):  # in place: on a clinical grid each copy of the volume is ~250 MB
         limits = np.iinfo(dtype)
-        values = np.clip(np.rint(values), limits.min, limits.max)
-    result = sitk.GetImageFromArray(values.astype(dtype), isVector=values.ndim > fixed.dimension)
-    result.CopyInformation(warped)
+        np.clip(np.rint(values, out=values), limits.min, limits.max, out=values)
+    values = values.astype(dtype, copy=False)
+    result = sitk.GetImageFromArray(values, isVector=vector)
+    del values
+    result.SetOrigin(geometry[0])
+    result.SetSpacing(geometry[1])
+    result.SetDirection(geometry[2])
     return result
 
 
