@@ -171,6 +171,8 @@ def warp_image(moving: Image, fixed: Image, transform: sitk.Transform) -> sitk.I
     del warped
     if np.issubdtype(dtype, np.integer):  # in place: on a clinical grid each copy of the volume is ~250 MB
         limits = np.iinfo(dtype)
+        if limits.max > 2 ** 24:  # float32 cannot hold a 32-bit type's limits: its clipped maximum would overflow
+            values = values.astype(np.float64)
         np.clip(np.rint(values, out=values), limits.min, limits.max, out=values)
     values = values.astype(dtype, copy=False)
     result = sitk.GetImageFromArray(values, isVector=vector)
